@@ -1,0 +1,381 @@
+"""Stage runners: read params + DVC inputs, call the pure engine, write DVC outputs, report to tracking.
+
+Each ``run_*`` is what one DVC stage executes (through ``nsp train`` / ``nsp pseudo-label``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nsp import config as C
+from nsp.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from nsp.errors import NSPError
+from nsp.io import atomic_path, sha256_file, write_json
+from nsp.models import count_params
+
+OUT = Path("outputs")
+
+
+def prepared_dir(params: dict[str, Any]) -> Path:
+    return Path((params.get("prepare") or {}).get("out_dir", "data/prepared"))
+
+
+def model_dir(name: str, out: Path = OUT) -> Path:
+    return out / "models" / name
+
+
+def pseudo_dir(gen: str, out: Path = OUT) -> Path:
+    return out / "pseudo" / gen
+
+
+def _threads() -> None:
+    import os
+
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def load_data(params: dict[str, Any], *, unlabeled: bool = False) -> dict[str, Any]:
+    from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
+
+    root = prepared_dir(params)
+    if not (root / "manifest.json").exists():
+        raise NSPError(
+            f"{root}/manifest.json not found; run `nsp prepare` (dvc repro prepare) first"
+        )
+    from nsp.train.engine import to_nchw
+
+    data: dict[str, Any] = {"manifest": read_manifest(str(root)), "root": root}
+    for split in ("labeled", "val", "test"):
+        s = load_split(str(root), split)
+        data[f"{split}_x"] = to_nchw(np.asarray(s.images))
+        data[f"{split}_y"] = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))
+        data["num_classes"] = s.num_classes
+        data["class_names"] = list(s.class_names)
+    if unlabeled:
+        s = load_split(str(root), "unlabeled")
+        data["unlabeled"] = s
+        data["unlabeled_truth"] = load_unlabeled_truth(str(root))
+    data["manifest_hash"] = sha256_file(root / "manifest.json")
+    return data
+
+
+def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    keys = list(history[0].keys()) if history else ["epoch"]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for rec in history:
+            w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+
+
+def _confusion(pred: np.ndarray, y: np.ndarray, k: int) -> list[list[int]]:
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm.tolist()
+
+
+def _finish_model(
+    *,
+    name: str,
+    result: dict[str, Any],
+    cfg: C.TrainConfig,
+    data: dict[str, Any],
+    tracker: Any,
+    extra_metrics: dict[str, Any],
+    lineage: dict[str, Any],
+    out: Path,
+) -> dict[str, Any]:
+    from nsp.train.engine import predict_logits
+
+    model = result["model"]
+    pred = predict_logits(model, data["test_x"]).argmax(1).numpy()
+    test_y = data["test_y"].numpy()
+    metrics = {
+        **result["metrics"],
+        "test_acc": float((pred == test_y).mean()),
+        "params": count_params(model.net),
+        **extra_metrics,
+    }
+    d = model_dir(name, out)
+    d.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        d / "model.pt",
+        model=model,
+        arch=cfg.arch,
+        num_classes=data["num_classes"],
+        in_chans=data["labeled_x"].shape[1],
+        config=C.to_dict(cfg),
+        metrics=metrics,
+        class_names=data["class_names"],
+    )
+    metrics["checkpoint_sha256"] = sha256_file(d / "model.pt")
+    _write_history(d / "history.csv", result["history"])
+    write_json(
+        d / "confusion.json",
+        {"labels": data["class_names"], "matrix": _confusion(pred, test_y, data["num_classes"])},
+    )
+    write_json(d / "config.json", {"stage": name, "config": C.to_dict(cfg), "lineage": lineage})
+    write_json(d / "metrics.json", metrics)
+    tracker.log_final(
+        metrics, artifacts=[d / "config.json", d / "confusion.json", d / "history.csv"]
+    )
+    tracker.log_model(
+        model=model,
+        checkpoint_sha256=metrics["checkpoint_sha256"],
+        input_example=data["test_x"][:2].numpy(),
+        metrics=metrics,
+        config=C.to_dict(cfg),
+    )
+    return metrics
+
+
+def _tracker(
+    params: dict[str, Any],
+    *,
+    stage: str,
+    generation: int,
+    config: dict[str, Any],
+    tags: dict[str, Any],
+):
+    from nsp import tracking
+
+    return tracking.stage_run(
+        params=params, stage=stage, generation=generation, config=config, tags=tags
+    )
+
+
+def run_teacher(
+    params: dict[str, Any], *, out: Path = OUT, progress: bool = True
+) -> dict[str, Any]:
+    """Generation 0: train the teacher on ``labeled`` (with noise), select on ``val``."""
+    from nsp.train.engine import train_model
+
+    _threads()
+    cfg = C.teacher_config(params)
+    data = load_data(params)
+    tags = {"generation": 0, "data_manifest_sha256": data["manifest_hash"], "dvc_stage": "teacher"}
+    with _tracker(params, stage="teacher", generation=0, config=C.to_dict(cfg), tags=tags) as tr:
+        result = train_model(
+            cfg=cfg,
+            labeled_x=data["labeled_x"],
+            labeled_y=data["labeled_y"],
+            val_x=data["val_x"],
+            val_y=data["val_y"],
+            num_classes=data["num_classes"],
+            on_epoch=tr.log_epoch,
+            progress=progress,
+        )
+        return _finish_model(
+            name="teacher",
+            result=result,
+            cfg=cfg,
+            data=data,
+            tracker=tr,
+            extra_metrics={},
+            lineage={"data_manifest_sha256": data["manifest_hash"]},
+            out=out,
+        )
+
+
+def _teacher_checkpoint(params: dict[str, Any], gen: str, out: Path) -> tuple[str, Path]:
+    src = C.teacher_of(params, gen)
+    return src, model_dir(src, out) / "model.pt"
+
+
+def run_pseudo_label(
+    params: dict[str, Any], gen: str, *, out: Path = OUT, progress: bool = True
+) -> dict[str, Any]:
+    """Label the unlabeled split with generation ``gen``'s teacher (un-noised, un-augmented inputs)."""
+    from nsp.pseudo.label import build_pseudo_label_set
+
+    _threads()
+    cfg = C.pseudo_config(params, gen)
+    src, ckpt_path = _teacher_checkpoint(params, gen, out)
+    ckpt = load_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt)
+    data = load_data(params, unlabeled=True)
+    unl = data["unlabeled"]
+    ckpt_hash = sha256_file(ckpt_path)
+    gidx = C.generation_keys(params).index(gen) + 1
+    provenance = {
+        "generation": gidx,
+        "teacher": src,
+        "teacher_checkpoint_sha256": ckpt_hash,
+        "params": C.to_dict(cfg),
+        "data_manifest_sha256": data["manifest_hash"],
+    }
+    tags = {
+        "generation": gidx,
+        "teacher_checkpoint_sha256": ckpt_hash,
+        "teacher_model": src,
+        "data_manifest_sha256": data["manifest_hash"],
+        "dvc_stage": f"pseudo_label@{gen}",
+    }
+    with _tracker(
+        params, stage=f"pseudo_label@{gen}", generation=gidx, config=C.to_dict(cfg), tags=tags
+    ) as tr:
+        stats = build_pseudo_label_set(
+            model=model,
+            get_batch=unl.get_batch,
+            n=len(unl),
+            num_classes=data["num_classes"],
+            cfg=cfg,
+            out_dir=pseudo_dir(gen, out),
+            truth=data["unlabeled_truth"],
+            provenance=provenance,
+            progress=progress,
+        )
+        set_hash = _dir_hash(pseudo_dir(gen, out))
+        summary = {
+            "pseudo_label_acc": stats["pseudo_label_acc"],
+            "pseudo_label_acc_all": stats["pseudo_label_acc_all"],
+            "stream_size": stats["stream_size"],
+            "num_kept_unique": stats["num_kept_unique"],
+            "num_unlabeled": stats["num_unlabeled"],
+            "pseudo_set_sha256": set_hash,
+        }
+        write_json(out / "pseudo" / f"{gen}.metrics.json", summary)
+        tr.log_final(
+            {k: v for k, v in summary.items() if isinstance(v, (int, float))},
+            artifacts=[pseudo_dir(gen, out) / "stats.json"],
+            tags={"pseudo_set_sha256": set_hash},
+        )
+    return summary
+
+
+def _dir_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(path).as_posix().encode())
+            h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def run_student(
+    params: dict[str, Any], gen: str, *, out: Path = OUT, progress: bool = True
+) -> dict[str, Any]:
+    """Train generation ``gen``'s noised student on labeled + its pseudo-label set."""
+    from nsp.pseudo.label import load_pseudo_label_set
+    from nsp.train.engine import PseudoBatchSource, make_classifier, to_nchw, train_model
+
+    _threads()
+    cfg = C.student_config(params, gen)
+    src, ckpt_path = _teacher_checkpoint(params, gen, out)
+    teacher = load_checkpoint(ckpt_path)
+    data = load_data(params, unlabeled=True)
+    k = data["num_classes"]
+    # equal-or-larger student
+    t_params = teacher["metrics"].get("params")
+    s_params = count_params(
+        make_classifier(arch=cfg.arch, num_classes=k, in_chans=data["labeled_x"].shape[1]).net
+    )
+    if t_params is not None and s_params < t_params and not cfg.allow_smaller_student:
+        raise NSPError(
+            f"params.yaml: generations.{gen}.arch={cfg.arch} ({s_params:,} params) is smaller than its teacher "
+            f"{src} ({teacher['arch']}, {t_params:,}); choose an equal-or-larger arch or set allow_smaller_student: true"
+        )
+    ps = load_pseudo_label_set(pseudo_dir(gen, out), k)
+    pseudo = PseudoBatchSource(
+        images=to_nchw(np.asarray(data["unlabeled"].images)),
+        index=torch.from_numpy(ps["index"]),
+        targets=torch.from_numpy(ps["targets"]),
+        counts=torch.from_numpy(ps["counts"]),
+    )
+    init = None
+    if cfg.init_from_teacher:
+        if teacher["arch"] != cfg.arch:
+            raise NSPError(
+                f"generations.{gen}.init_from_teacher needs the same arch as {src} ({teacher['arch']})"
+            )
+        init = teacher["state_dict"]
+    pmetrics = json.loads((out / "pseudo" / f"{gen}.metrics.json").read_text())
+    gidx = C.generation_keys(params).index(gen) + 1
+    tags = {
+        "generation": gidx,
+        "teacher_model": src,
+        "teacher_checkpoint_sha256": sha256_file(ckpt_path),
+        "pseudo_set_sha256": pmetrics["pseudo_set_sha256"],
+        "data_manifest_sha256": data["manifest_hash"],
+        "dvc_stage": f"student@{gen}",
+    }
+    with _tracker(
+        params, stage=f"student@{gen}", generation=gidx, config=C.to_dict(cfg), tags=tags
+    ) as tr:
+        result = train_model(
+            cfg=cfg,
+            labeled_x=data["labeled_x"],
+            labeled_y=data["labeled_y"],
+            val_x=data["val_x"],
+            val_y=data["val_y"],
+            num_classes=k,
+            pseudo=pseudo,
+            init_state=init,
+            on_epoch=tr.log_epoch,
+            progress=progress,
+        )
+        return _finish_model(
+            name=gen,
+            result=result,
+            cfg=cfg,
+            data=data,
+            tracker=tr,
+            extra_metrics={"pseudo_label_acc": pmetrics["pseudo_label_acc"], "generation": gidx},
+            lineage={k2: v for k2, v in tags.items() if k2 != "dvc_stage"},
+            out=out,
+        )
+
+
+def run_baseline(
+    params: dict[str, Any], *, out: Path = OUT, progress: bool = True
+) -> dict[str, Any]:
+    """Supervised-only baseline: the final student's arch and noise on ``labeled``, >= the student's steps."""
+    from nsp.train.engine import train_model
+
+    _threads()
+    gens = C.generation_keys(params)
+    last = gens[-1] if gens else "teacher"
+    match = (params.get("baseline") or {}).get("match", last)
+    ref_path = model_dir(match, out) / "metrics.json"
+    if not ref_path.exists():
+        raise NSPError(
+            f"{ref_path} not found: baseline.match={match!r} must name a trained model; run its stage first"
+        )
+    ref = json.loads(ref_path.read_text())
+    cfg = C.baseline_config(params)
+    cfg.min_steps = max(cfg.min_steps, int(ref.get("steps", 0)))
+    data = load_data(params)
+    tags = {
+        "generation": -1,
+        "data_manifest_sha256": data["manifest_hash"],
+        "dvc_stage": "baseline",
+        "matched_steps_of": match,
+    }
+    with _tracker(params, stage="baseline", generation=-1, config=C.to_dict(cfg), tags=tags) as tr:
+        result = train_model(
+            cfg=cfg,
+            labeled_x=data["labeled_x"],
+            labeled_y=data["labeled_y"],
+            val_x=data["val_x"],
+            val_y=data["val_y"],
+            num_classes=data["num_classes"],
+            on_epoch=tr.log_epoch,
+            progress=progress,
+        )
+        return _finish_model(
+            name="baseline",
+            result=result,
+            cfg=cfg,
+            data=data,
+            tracker=tr,
+            extra_metrics={},
+            lineage={"data_manifest_sha256": data["manifest_hash"]},
+            out=out,
+        )

@@ -1,0 +1,312 @@
+"""The only module that talks to MLflow: pipeline/stage runs, lineage tags, the model registry.
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` > ``tracking.uri`` in params.yaml > ``sqlite:///<cwd>/mlflow.db``
+(artifacts in ``<cwd>/mlartifacts``). Stages are separate processes: the pipeline (parent) run id is
+kept in ``outputs/pipeline_run.json``; the teacher stage opens a new parent (the data or the first
+stage changed), later stages nest under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+from nsp.errors import NSPError  # noqa: E402
+from nsp.io import write_json  # noqa: E402
+
+PARENT_FILE = Path("outputs") / "pipeline_run.json"
+ALIAS_OF_STAGE = {"teacher": "teacher", "baseline": "baseline"}
+
+
+def settings(params: dict[str, Any]) -> dict[str, Any]:
+    t = dict(params.get("tracking") or {})
+    return {
+        "enabled": bool(t.get("enabled", True)),
+        "uri": os.environ.get("MLFLOW_TRACKING_URI")
+        or t.get("uri")
+        or f"sqlite:///{Path.cwd() / 'mlflow.db'}",
+        "experiment": t.get("experiment", "nsp"),
+        "registered_model": t.get("registered_model", "nsp"),
+        "champion_metric": t.get("champion_metric", "val_acc"),
+        "register": bool(t.get("register", True)),
+    }
+
+
+def connect(uri: str) -> Any:
+    """Point mlflow at ``uri``; a server that does not answer is a clear error (no silent fallback)."""
+    import mlflow
+
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+        except Exception as exc:
+            raise NSPError(
+                f"MLflow tracking server {uri} is unreachable ({type(exc).__name__}); start it "
+                "(mlflow server --host 127.0.0.1) or set MLFLOW_TRACKING_URI / tracking.uri"
+            ) from None
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def _experiment_id(mlflow: Any, name: str, uri: str) -> str:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        location = (Path.cwd() / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+            or "unknown"
+        )
+    except OSError:
+        return "unknown"
+
+
+class _NullTracker:
+    run_id = None
+
+    def log_epoch(self, rec: dict[str, Any]) -> None: ...
+
+    def log_final(
+        self,
+        metrics: dict[str, Any],
+        artifacts: list[Path] = (),
+        tags: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    def log_model(self, **_: Any) -> None: ...
+
+
+def _numeric(d: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class _Tracker:
+    def __init__(
+        self, mlflow: Any, run_id: str, cfg: dict[str, Any], stage: str, generation: int
+    ) -> None:
+        self.mlflow, self.run_id, self.cfg, self.stage, self.generation = (
+            mlflow,
+            run_id,
+            cfg,
+            stage,
+            generation,
+        )
+
+    def log_epoch(self, rec: dict[str, Any]) -> None:
+        m = _numeric({k: v for k, v in rec.items() if k != "epoch"})
+        self.mlflow.log_metrics(m, step=int(rec["epoch"]))
+
+    def log_final(
+        self,
+        metrics: dict[str, Any],
+        artifacts: list[Path] = (),
+        tags: dict[str, Any] | None = None,
+    ) -> None:
+        self.mlflow.log_metrics(
+            {f"final_{k}" if k in ("val_acc",) else k: v for k, v in _numeric(metrics).items()}
+        )
+        for a in artifacts:
+            if Path(a).exists():
+                self.mlflow.log_artifact(str(a))
+        if tags:
+            self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_model(
+        self,
+        *,
+        model: Any,
+        checkpoint_sha256: str,
+        input_example: Any,
+        metrics: dict[str, Any],
+        config: dict[str, Any],
+    ) -> None:
+        if not self.cfg["register"]:
+            return
+        register_model(
+            self.mlflow,
+            name=self.cfg["registered_model"],
+            model=model,
+            run_id=self.run_id,
+            checkpoint_sha256=checkpoint_sha256,
+            input_example=input_example,
+            metrics=metrics,
+            stage=self.stage,
+            generation=self.generation,
+            champion_metric=self.cfg["champion_metric"],
+        )
+
+
+def _parent_run(mlflow: Any, exp_id: str, stage: str, tags: dict[str, Any]) -> str:
+    if stage != "teacher" and PARENT_FILE.exists():
+        info = json.loads(PARENT_FILE.read_text())
+        try:
+            if mlflow.get_run(info["run_id"]).info.experiment_id == exp_id:
+                return info["run_id"]
+        except Exception:
+            pass
+    run = mlflow.MlflowClient().create_run(
+        exp_id,
+        run_name="pipeline",
+        tags={
+            "nsp.kind": "pipeline",
+            "data_manifest_sha256": str(tags.get("data_manifest_sha256", "")),
+            "git_commit": git_commit(),
+        },
+    )
+    write_json(PARENT_FILE, {"run_id": run.info.run_id, "experiment_id": exp_id})
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    *,
+    params: dict[str, Any],
+    stage: str,
+    generation: int,
+    config: dict[str, Any],
+    tags: dict[str, Any],
+) -> Iterator[Any]:
+    """A nested MLflow run for one stage under the pipeline run; FAILED if the body raises."""
+    cfg = settings(params)
+    if not cfg["enabled"]:
+        yield _NullTracker()
+        return
+    mlflow = connect(cfg["uri"])
+    exp_id = _experiment_id(mlflow, cfg["experiment"], cfg["uri"])
+    parent = _parent_run(mlflow, exp_id, stage, tags)
+    client = mlflow.MlflowClient()
+    child = client.create_run(
+        exp_id,
+        run_name=stage,
+        tags={
+            "mlflow.parentRunId": parent,
+            "nsp.kind": "stage",
+            "nsp.stage": stage,
+            "generation": str(generation),
+            "git_commit": git_commit(),
+            **{k: str(v) for k, v in tags.items()},
+        },
+    )
+    run_id = child.info.run_id
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config).items()})
+        mlflow.log_dict({"stage": stage, "config": config, "tags": tags}, "resolved_config.json")
+        try:
+            yield _Tracker(mlflow, run_id, cfg, stage, generation)
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+
+
+def _alias_for(stage: str, generation: int) -> list[str]:
+    if stage in ALIAS_OF_STAGE:
+        return [ALIAS_OF_STAGE[stage]]
+    if stage.startswith("student@"):
+        return [f"gen-{generation}", "latest-student"]
+    return []
+
+
+def register_model(
+    mlflow: Any,
+    *,
+    name: str,
+    model: Any,
+    run_id: str,
+    checkpoint_sha256: str,
+    input_example: Any,
+    metrics: dict[str, Any],
+    stage: str,
+    generation: int,
+    champion_metric: str,
+) -> str:
+    """Log + register ``model`` once per checkpoint hash; set aliases and re-elect the champion."""
+    import mlflow.pytorch
+    import timm
+    import torch
+
+    client = mlflow.MlflowClient()
+    existing = None
+    try:
+        for mv in client.search_model_versions(f"name='{name}'"):
+            if mv.tags.get("checkpoint_sha256") == checkpoint_sha256:
+                existing = mv
+                break
+    except Exception:
+        existing = None
+    if existing is None:
+        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", "numpy"]
+        nsp_dir = str(Path(__file__).resolve().parent)
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            serialization_format="pickle",
+            pip_requirements=reqs,
+            input_example=input_example,
+            code_paths=[nsp_dir],
+            registered_model_name=name,
+        )
+        version = str(info.registered_model_version)
+    else:
+        version = str(existing.version)
+    vtags = {
+        "checkpoint_sha256": checkpoint_sha256,
+        "stage": stage,
+        "generation": str(generation),
+        "run_id": run_id,
+        **{k: f"{v:.6g}" if isinstance(v, float) else str(v) for k, v in _numeric(metrics).items()},
+    }
+    for k, v in vtags.items():
+        client.set_model_version_tag(name, version, k, v)
+    for alias in _alias_for(stage, generation):
+        client.set_registered_model_alias(name, alias, version)
+    elect_champion(client, name=name, metric=champion_metric)
+    return version
+
+
+def elect_champion(client: Any, *, name: str, metric: str) -> str | None:
+    best, best_v = None, None
+    for mv in client.search_model_versions(f"name='{name}'"):
+        try:
+            val = float(mv.tags.get(metric, "nan"))
+        except ValueError:
+            continue
+        if val == val and (best is None or val > best):
+            best, best_v = val, mv.version
+    if best_v is not None:
+        client.set_registered_model_alias(name, "champion", str(best_v))
+    return best_v

@@ -1,0 +1,299 @@
+"""Training engine: teacher / noised student / baseline. Returns plain dicts; never imports mlflow.
+
+A student step draws a labeled batch and an unlabeled batch ``unlabeled_ratio`` times larger;
+loss = CE(labeled) + ``unlabeled_weight`` * soft-CE(pseudo). Noise (RandAugment, crop/flip, dropout,
+stochastic depth) is applied on the fly to the whole concatenated batch, per sample.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from nsp.config import TrainConfig
+from nsp.errors import NSPError
+from nsp.models import build_model
+
+
+class Classifier(nn.Module):
+    """Wraps a backbone: takes NCHW pixels in [0, 255] (uint8 or float), normalises inside."""
+
+    def __init__(self, net: nn.Module, mean: float = 72.9, std: float = 90.0) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.float() - self.mean) / self.std
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+
+def make_classifier(
+    *,
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
+    mean: float = 72.9,
+    std: float = 90.0,
+) -> Classifier:
+    net = build_model(
+        arch=arch,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=dropout,
+        drop_path_rate=drop_path,
+    )
+    return Classifier(net, mean=mean, std=std).to(memory_format=torch.channels_last)
+
+
+@dataclass
+class PseudoBatchSource:
+    """Pseudo-labeled stream: rows ``index`` into ``images`` with soft targets and copy counts."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W), the unlabeled split
+    index: torch.Tensor  # int64 (M,)
+    targets: torch.Tensor  # float32 (M, K), rows sum to 1
+    counts: torch.Tensor  # int64 (M,), duplication counts (>= 1)
+
+
+def to_nchw(x: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) numpy -> uint8 (N, C, H, W) torch (no copy of pixels beyond one)."""
+    return torch.from_numpy(np.array(x, copy=True)).permute(0, 3, 1, 2).contiguous()
+
+
+class _EpochSampler:
+    """Yields batches of indices from successive seeded permutations of ``n`` items."""
+
+    def __init__(self, n: int, batch: int, gen: torch.Generator) -> None:
+        self.n, self.batch, self.gen = n, batch, gen
+        self.perm = torch.randperm(n, generator=gen)
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        out = []
+        need = self.batch
+        while need > 0:
+            if self.pos >= self.n:
+                self.perm = torch.randperm(self.n, generator=self.gen)
+                self.pos = 0
+            take = self.perm[self.pos : self.pos + need]
+            self.pos += take.numel()
+            need -= take.numel()
+            out.append(take)
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+
+class _Noise:
+    """Input noise applied to a uint8 NCHW batch (per-sample RandAugment + crop/flip)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        n = cfg.noise
+        self.ra = None
+        self.crop_flip = n.crop_flip
+        self.flip = n.flip
+        if n.randaugment and n.ra_num_ops > 0:
+            from nsp.noise.randaugment import RandAugmentBatch
+
+            self.ra = RandAugmentBatch(num_ops=n.ra_num_ops, magnitude=n.ra_magnitude, fill=0)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.crop_flip:
+            from nsp.noise.randaugment import random_crop_flip
+
+            x = random_crop_flip(x, pad=max(1, x.shape[-1] // 8), flip=self.flip, generator=gen)
+        if self.ra is not None:
+            x = self.ra(x, generator=gen)
+        return x
+
+
+def lr_at(step: int, *, total: int, warmup: int, base_lr: float) -> float:
+    """Linear warm-up then cosine decay to 0."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for uint8 NCHW ``x`` in eval mode (no noise)."""
+    was_training = model.training
+    model.eval()
+    outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    return float((predict_logits(model, x, batch_size).argmax(1) == y).float().mean())
+
+
+class _Ema:
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for e, m in zip(self.model.parameters(), model.parameters(), strict=True):
+            e.lerp_(m, 1 - d)
+        for e, m in zip(self.model.buffers(), model.buffers(), strict=True):
+            e.copy_(m)
+
+
+def train_model(
+    *,
+    cfg: TrainConfig,
+    labeled_x: torch.Tensor,
+    labeled_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    pseudo: PseudoBatchSource | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one model; returns ``{"model", "history", "metrics"}`` (model = best-on-val weights)."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    in_chans = labeled_x.shape[1]
+    mean = float(labeled_x.float().mean())
+    std = float(labeled_x.float().std()) or 1.0
+    model = make_classifier(
+        arch=cfg.arch,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        dropout=cfg.noise.dropout,
+        drop_path=cfg.noise.drop_path,
+        mean=mean,
+        std=std,
+    )
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    noise = _Noise(cfg)
+    lab = _EpochSampler(len(labeled_x), cfg.batch_size, gen)
+    if pseudo is not None:
+        stream = torch.repeat_interleave(torch.arange(len(pseudo.index)), pseudo.counts)
+        if len(stream) == 0:
+            raise NSPError(f"{cfg.name}: the pseudo-label set keeps no images; lower threshold")
+        ub = max(1, int(round(cfg.batch_size * cfg.unlabeled_ratio)))
+        unl = _EpochSampler(len(stream), ub, gen)
+        steps_per_epoch = math.ceil(len(stream) / ub)
+    else:
+        steps_per_epoch = math.ceil(len(labeled_x) / cfg.batch_size)
+    total = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
+    epochs = math.ceil(total / steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    base_lr = cfg.lr
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=base_lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+    )
+    ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    history: list[dict[str, Any]] = []
+    best = {"val_acc": -1.0, "epoch": 0, "state": None}
+    t0 = time.perf_counter()
+    seen = 0
+    model.train()
+    bar = tqdm(total=total, desc=f"train {cfg.name}", disable=not progress, leave=False)
+    run_loss = run_lab = run_unl = 0.0
+    for step in range(total):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total=total, warmup=warmup, base_lr=base_lr)
+        li = lab.next()
+        xb, yb = labeled_x[li], labeled_y[li]
+        if pseudo is not None:
+            rows = stream[unl.next()]
+            xu = pseudo.images[pseudo.index[rows]]
+            tu = pseudo.targets[rows]
+            x = torch.cat([xb, xu])
+        else:
+            x = xb
+        x = noise(x, gen)
+        logits = model(x)
+        loss_l = F.cross_entropy(logits[: len(xb)], yb, label_smoothing=cfg.label_smoothing)
+        loss = loss_l
+        if pseudo is not None:
+            loss_u = -(tu * F.log_softmax(logits[len(xb) :], dim=1)).sum(1).mean()
+            loss = loss_l + cfg.unlabeled_weight * loss_u
+            run_unl += float(loss_u.detach())
+        if not torch.isfinite(loss):
+            raise NSPError(
+                f"{cfg.name}: loss is {float(loss)} at step {step}; lower {cfg.name}.lr or check the inputs"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if ema is not None:
+            ema.update(model, step)
+        seen += len(x)
+        run_loss += float(loss.detach())
+        run_lab += float(loss_l.detach())
+        bar.update(1)
+        if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
+            n = (step % steps_per_epoch) + 1
+            epoch = (step + 1 + steps_per_epoch - 1) // steps_per_epoch
+            evaluated = ema.model if ema is not None else model
+            val_acc = accuracy(evaluated, val_x, val_y, cfg.eval_batch_size)
+            rec = {
+                "epoch": epoch,
+                "step": step + 1,
+                "lr": opt.param_groups[0]["lr"],
+                "train_loss": run_loss / n,
+                "labeled_loss": run_lab / n,
+                "unlabeled_loss": run_unl / n if pseudo is not None else None,
+                "val_acc": val_acc,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(rec)
+            run_loss = run_lab = run_unl = 0.0
+            if val_acc > best["val_acc"]:
+                best = {
+                    "val_acc": val_acc,
+                    "epoch": epoch,
+                    "state": copy.deepcopy(evaluated.state_dict()),
+                }
+            bar.set_postfix(val_acc=f"{val_acc:.4f}")
+            if on_epoch is not None:
+                on_epoch(rec)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    final = ema.model if ema is not None else model
+    final.load_state_dict(best["state"])
+    final.eval()
+    metrics = {
+        "val_acc": best["val_acc"],
+        "best_epoch": best["epoch"],
+        "epochs": epochs,
+        "steps": total,
+        "steps_per_epoch": steps_per_epoch,
+        "train_seconds": seconds,
+        "images_seen": seen,
+        "train_img_per_s": seen / seconds if seconds > 0 else 0.0,
+    }
+    return {"model": final, "history": history, "metrics": metrics}
