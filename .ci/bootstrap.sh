@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCK="$ROOT/requirements.lock"
-HASH="$( (cat "$LOCK"; cat "$ROOT/pyproject.toml" 2>/dev/null | sed -n '/^dependencies/,/^]/p') | sha256sum | cut -c1-16)"
+HASH="$( (cat "$LOCK"; sed -n '/^dependencies/,/^]/p' "$ROOT/pyproject.toml"; grep -E "pip install.*==" "$0") | sha256sum | cut -c1-16)"
 CACHE="${NSP_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/nsp}"
 VENV="${NSP_VENV:-$CACHE/venv-$HASH}"
 PY="${PYTHON:-python3}"
@@ -17,6 +17,8 @@ if [ ! -x "$VENV/bin/python" ] || [ ! -f "$VENV/.nsp-complete" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
   "$VENV/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 >&2
   "$VENV/bin/python" -m pip install -q -r "$LOCK" >&2
+  # Frost textures for the -C suite ship inside this wheel; the package itself is never imported.
+  "$VENV/bin/python" -m pip install -q --no-deps imagecorruptions==1.1.2 >&2
   touch "$VENV/.nsp-complete"
 fi
 # The package itself is always (re)linked in editable mode: cheap, and the clone may move.

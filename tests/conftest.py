@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Tests run many small processes side by side: one torch thread each avoids oversubscription.
+os.environ.setdefault("NSP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _indexed_images(n: int, h: int, w: int, c: int | None, seed: int) -> np.ndarray:
@@ -136,3 +142,44 @@ def make_imagefolder() -> Callable[..., dict[str, list[Path]]]:
         return files
 
     return make
+
+
+def learnable_images(labels: np.ndarray, *, hw: int = 28, seed: int = 0) -> np.ndarray:
+    """Grey images a tiny CNN separates quickly, robust to RandAugment's geometry: class k is a ring
+    of radius 2 + 1.2 k (rotation-invariant, little changed by small shifts), jittered, on noise."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    x = rng.normal(20, 10, size=(n, hw, hw))
+    yy, xx = np.mgrid[0:hw, 0:hw]
+    for i, k in enumerate(labels):
+        cy, cx = hw / 2 + rng.uniform(-1, 1), hw / 2 + rng.uniform(-1, 1)
+        r = np.hypot(yy - cy, xx - cx)
+        x[i] += 220 * np.exp(-((r - (2 + 1.2 * int(k))) ** 2) / (2 * 0.7**2))
+    return x.clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def learnable_idx_dir(tmp_path_factory) -> Path:
+    """A small MNIST-style IDX dataset (10 classes) in which classes are easy to learn."""
+    from nsp.data.idx import write_idx
+
+    root = tmp_path_factory.mktemp("learnable_idx")
+    rng = np.random.default_rng(7)
+    for stem, per, seed in (("train", 60, 1), ("t10k", 20, 2)):
+        y = rng.permutation(np.repeat(np.arange(10, dtype=np.uint8), per))
+        write_idx(
+            root / f"{stem}-images-idx3-ubyte.gz", learnable_images(y, seed=seed), compress=True
+        )
+        write_idx(root / f"{stem}-labels-idx1-ubyte.gz", y, compress=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, learnable_idx_dir) -> dict:
+    """Run the real `dvc repro` once on the tiny profile (2 generations) and share the result."""
+    from tests.pipeline_helpers import TINY_PARAMS, env_for, make_project, run
+
+    root = make_project(tmp_path_factory.mktemp("tiny_pipeline") / "proj", TINY_PARAMS)
+    env = env_for(root, learnable_idx_dir)
+    first = run(["dvc", "repro"], root, env)
+    return {"root": root, "env": env, "first": first, "params": TINY_PARAMS}

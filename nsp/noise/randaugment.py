@@ -1,36 +1,42 @@
 """Batched, per-sample RandAugment on uint8 tensors (the Noisy Student input noise).
 
-Every sample of a batch draws its own ops (and sign, and optionally magnitude); samples are then
-grouped by op *family* and each family is applied in one vectorised call per layer:
+Every sample of a batch draws its own ops (and sign, and optionally magnitude); per layer, the
+samples are grouped by op *family* and each family runs once, vectorised, on its samples:
 
-* LUT family (Identity, AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd,
-  Brightness, Contrast): a per-(sample, channel) 256-entry lookup table, applied by one gather.
-* Affine family (Rotate, ShearX/Y, TranslateX/Y): per-sample 2x3 matrices, one batched
-  resampling (exact-PIL nearest neighbour by index gather, or ``grid_sample`` for bilinear).
-* Color, Sharpness (depthwise 3x3 conv), Cutout: per-sample broadcast arithmetic.
+* LUT family (AutoContrast, Equalize, Invert, Posterize, Solarize, SolarizeAdd, Brightness,
+  Contrast): per-(sample, channel) 256-entry tables, applied with one gather.
+* Affine family (Rotate, ShearX/Y, TranslateX/Y): per-sample 2x3 matrices, one batched index
+  gather (nearest) or four (bilinear) -- see :func:`warp_affine`.
+* Color, Sharpness (3x3 SMOOTH kernel as shifted sums), Cutout: per-sample broadcast arithmetic.
+* Identity: untouched.
 
-The op semantics follow PIL (``ImageOps`` / ``ImageEnhance`` / ``Image.transform``), which is what
-the official code's TF ops emulate; :mod:`nsp.noise.pil_reference` is the per-image PIL version.
+There is no per-image Python loop; the Python loop is over op types (<= 17) per layer.
 
-Magnitude scale and mapping (google-research/noisystudent ``randaugment.py``): the official code
-divides the level by ``_MAX_LEVEL = 10`` (so ``max_magnitude`` defaults to 10, not 30; Noisy
-Student's ImageNet runs use levels above 10, which simply extrapolate). With ``f = m / max``:
+Op semantics are PIL's (``ImageOps`` / ``ImageEnhance`` / ``Image.transform`` incl. rounding),
+which the official TF ops emulate; :mod:`nsp.noise.pil_reference` is the per-image PIL version
+and the tests require pixel equality with it. Known deviations of the official TF code that we do
+*not* copy: its Contrast blends towards ``num_pixels / 256`` instead of the mean grey level, its
+affine ops address pixel indices rather than pixel centres, and its Sharpness truncates instead
+of rounding the smoothed image.
 
-=============  =============================  ==========================================
-op             ``mapping="official"``         ``mapping="increasing"``
-=============  =============================  ==========================================
-Rotate         +-30 f degrees                 same
-ShearX/Y       +-0.3 f                        same
-TranslateX/Y   +-f * translate_frac * size    same
-Posterize      int(4 f) bits kept (>= 1)      8 - int(4 f) bits kept (>= 1)
-Solarize       threshold int(256 f)           threshold 256 - int(256 f)
-SolarizeAdd    add int(110 f) below 128       same
-Color etc.     factor 0.1 + 1.8 f (no sign)   factor 1 +- 0.9 f
-Cutout         square side 2 int(f cutout_frac size)   same
-=============  =============================  ==========================================
+Op set: :data:`OFFICIAL_OPS` (the 15 ops of google-research/noisystudent ``randaugment.py``,
+its default) plus optional ``"Identity"`` and ``"Cutout"`` (the official ``cutout_op`` flag).
 
-The official code draws a per-op probability but never uses it (every drawn op is applied), so
-``op_prob`` defaults to 1.0. Its affine ops use nearest-neighbour resampling and fill 128.
+Magnitude scale and mapping: the official code divides the level by ``_MAX_LEVEL = 10``, so
+``max_magnitude`` defaults to 10 (not 30); levels above it extrapolate linearly as in the official
+code (Noisy Student's ImageNet runs use 27). With ``f = magnitude / max_magnitude``:
+
+* Rotate: +-30 f degrees; ShearX/Y: +-0.3 f; TranslateX/Y: +-f * translate_frac * side (px).
+* SolarizeAdd: add int(110 f) to pixels < 128; Cutout: square of side 2 int(f cutout_frac side).
+* ``mapping="official"``: Posterize keeps int(4 f) bits (0 acts as 1, as TF's clamped shift),
+  Solarize threshold int(256 f), Color/Contrast/Brightness/Sharpness factor 0.1 + 1.8 f (no sign).
+* ``mapping="increasing"`` (stronger with f, identity at 0): Posterize keeps 8 - int(4 f) bits,
+  Solarize threshold 256 - int(256 f), enhance factor 1 +- 0.9 f (random sign, as timm).
+
+Signs (+-, probability 1/2 each, per sample and layer) apply to the affine ops, and to the
+enhance ops under ``"increasing"``. The official code draws a per-op probability but never uses
+it (every drawn op is applied), so ``op_prob`` defaults to 1.0. The official code fills with 128
+and resamples nearest; ``fill`` defaults to 0 here (Fashion-MNIST background).
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from nsp.errors import NSPError
 
@@ -69,7 +74,6 @@ AFFINE_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY"
 ENHANCE_OPS = frozenset({"Color", "Contrast", "Brightness", "Sharpness"})
 LUT_OPS = frozenset(
     {
-        "Identity",
         "AutoContrast",
         "Equalize",
         "Invert",
@@ -182,7 +186,9 @@ def _lut_equalize(x: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
     """PIL ``ImageOps.equalize`` LUTs, per channel; (n,C,256) float64."""
     hist = _histogram(x)
     total = hist.sum(dim=2, keepdim=True)
-    last = torch.gather(hist, 2, x.reshape(x.shape[0], x.shape[1], -1).amax(dim=2, keepdim=True).long())
+    last = torch.gather(
+        hist, 2, x.reshape(x.shape[0], x.shape[1], -1).amax(dim=2, keepdim=True).long()
+    )
     step = (total - last) // 255  # zero when <= 1 distinct value (then last == total)
     safe = torch.where(step > 0, step, torch.ones_like(step))
     excl = torch.cumsum(hist, dim=2) - hist
@@ -190,7 +196,7 @@ def _lut_equalize(x: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
     return torch.where(step > 0, lut, ramp.expand_as(lut))
 
 
-def _affine_matrices_vec(
+def _affine_matrices(
     op_ids: torch.Tensor, params: torch.Tensor, names: Sequence[str], height: int, width: int
 ) -> torch.Tensor:
     """Per-sample PIL-convention affine matrices (n,2,3), float64: output (x,y) -> input (x,y).
@@ -227,19 +233,21 @@ def warp_affine(
     x: torch.Tensor,
     matrices: torch.Tensor,
     *,
-    fill: torch.Tensor,
+    fill: int | Sequence[int] | torch.Tensor = 0,
     interpolation: Interpolation = "nearest",
 ) -> torch.Tensor:
     """Warp each sample of uint8 ``x`` (n,C,H,W) by its PIL-convention 2x3 matrix.
 
     Matches ``PIL.Image.transform(size, AFFINE, matrix, resample, fillcolor=fill)``: output pixel
     centre ``(j+0.5, i+0.5)`` samples the input at ``matrix @ (x, y, 1)``; points outside
-    ``[0,W) x [0,H)`` get ``fill`` (shape (C,)); inside, bilinear uses border-clamped neighbours.
-    Nearest indexes ``floor`` of the source point, as PIL; both are pure gathers (no float image
-    for nearest).
+    ``[0,W) x [0,H)`` get ``fill`` (int, C-tuple or (C,) tensor). Nearest takes the pixel at the
+    ``floor`` of the source point; bilinear lerps border-clamped neighbours in float64 and
+    truncates, as PIL. Both are pure gathers (nearest never leaves uint8).
     """
     n, c, h, w = x.shape
     dev = x.device
+    if not isinstance(fill, torch.Tensor):
+        fill = _normalise_fill(fill, c)
     ys = torch.arange(h, dtype=torch.float64, device=dev) + 0.5
     xs = torch.arange(w, dtype=torch.float64, device=dev) + 0.5
     m = matrices.to(device=dev, dtype=torch.float64)
@@ -255,30 +263,35 @@ def warp_affine(
         py = (m[:, 1, 0, None] * xs)[:, None, :] + (m[:, 1, 1, None] * ys + m[:, 1, 2, None] + 1.0)[
             :, :, None
         ]
-        ix = px.clamp_(0.0, wp - 1.0).to(torch.int64)
-        iy = py.clamp_(0.0, hp - 1.0).to(torch.int64)
-        idx = iy.mul_(wp).add_(ix).view(n, 1, h * w).expand(n, c, h * w)
+        px.clamp_(0.0, wp - 1.0).trunc_()
+        py.clamp_(0.0, hp - 1.0).trunc_()
+        idx = py.mul_(wp).add_(px).to(torch.int64).view(n, 1, h * w).expand(n, c, h * w)
         src = fill_v.to(x.dtype).expand(n, c, hp, wp).clone()
         src[:, :, 1 : h + 1, 1 : w + 1] = x
         return torch.gather(src.view(n, c, hp * wp), 2, idx).view(n, c, h, w)
-    px = (m[:, 0, 0, None] * xs)[:, None, :] + (m[:, 0, 1, None] * ys + m[:, 0, 2, None])[:, :, None]
-    py = (m[:, 1, 0, None] * xs)[:, None, :] + (m[:, 1, 1, None] * ys + m[:, 1, 2, None])[:, :, None]
+    px = (m[:, 0, 0, None] * xs)[:, None, :] + (m[:, 0, 1, None] * ys + m[:, 0, 2, None])[
+        :, :, None
+    ]
+    py = (m[:, 1, 0, None] * xs)[:, None, :] + (m[:, 1, 1, None] * ys + m[:, 1, 2, None])[
+        :, :, None
+    ]
     inside = ((px >= 0) & (px < w) & (py >= 0) & (py < h)).unsqueeze(1)
     # PIL bilinear_filter8: shift to pixel-index space, lerp in double with border-clamped
-    # neighbours, truncate to uint8.
+    # neighbours, truncate to uint8. A 1-pixel replicate pad makes the clamp implicit: for every
+    # inside point floor(fx) is in [-1, w-1], so the four taps are tl, tl+1, tl+wp, tl+wp+1.
+    wp = w + 2
     fx, fy = px - 0.5, py - 0.5
     x0, y0 = fx.floor(), fy.floor()
     dx, dy = (fx - x0).unsqueeze(1), (fy - y0).unsqueeze(1)
-    xa, xb = x0.clamp(0, w - 1).long(), (x0 + 1).clamp(0, w - 1).long()
-    ya, yb = y0.clamp(0, h - 1).long(), (y0 + 1).clamp(0, h - 1).long()
-    src = x.reshape(n, c, h * w).to(torch.float64)
-
-    def tap(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        idx = (yi * w + xi).view(n, 1, h * w).expand(n, c, h * w)
-        return torch.gather(src, 2, idx).view(n, c, h, w)
-
-    top_l, top_r = tap(ya, xa), tap(ya, xb)
-    bot_l, bot_r = tap(yb, xa), tap(yb, xb)
+    x0.add_(1.0).clamp_(0.0, w)
+    y0.add_(1.0).clamp_(0.0, h)
+    tl = y0.mul_(wp).add_(x0).to(torch.int64).view(n, 1, h * w).expand(n, c, h * w)
+    src = torch.cat((x[:, :, :1], x, x[:, :, -1:]), dim=2)
+    src = torch.cat((src[..., :1], src, src[..., -1:]), dim=3).to(torch.float64).view(n, c, -1)
+    top_l = torch.gather(src, 2, tl).view(n, c, h, w)
+    top_r = torch.gather(src, 2, tl + 1).view(n, c, h, w)
+    bot_l = torch.gather(src, 2, tl + wp).view(n, c, h, w)
+    bot_r = torch.gather(src, 2, tl + (wp + 1)).view(n, c, h, w)
     v1 = top_l + (top_r - top_l) * dx
     v2 = bot_l + (bot_r - bot_l) * dx
     out = (v1 + (v2 - v1) * dy).clamp_(0.0, 255.0).to(torch.uint8)
@@ -411,6 +424,8 @@ class RandAugmentBatch:
                 f"ops={list(names)!r}: unknown, repeated or empty op list; "
                 f"choose distinct names from {', '.join(ALL_OPS)}"
             )
+        n_fill = 1 if isinstance(fill, int | float) else len(fill)
+        _normalise_fill(fill, n_fill)  # range check now; the channel count is checked per call
         self.num_ops = int(num_ops)
         self.magnitude = float(magnitude)
         self.magnitude_std = float(magnitude_std)
@@ -422,6 +437,7 @@ class RandAugmentBatch:
         self.interpolation: Interpolation = interpolation
         self.translate_frac = float(translate_frac)
         self.cutout_frac = float(cutout_frac)
+        self._table_cache: dict[tuple[object, ...], torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return (
@@ -460,16 +476,22 @@ class RandAugmentBatch:
     ) -> torch.Tensor:
         """Per-sample op parameter (B,) float64 (0 where op_idx is -1)."""
         if uniform_magnitude is not None:
-            # One magnitude for everyone: two small tables (sign +1 / -1) and one lookup.
-            m = torch.tensor(uniform_magnitude, dtype=torch.float64)
-            pos = [0.0] + [float(self._op_param(o, m, torch.tensor(1.0), height, width)) for o in names]
-            neg = [0.0] + [float(self._op_param(o, m, torch.tensor(-1.0), height, width)) for o in names]
-            i = op_idx + 1
-            return torch.where(
-                signs > 0,
-                torch.tensor(pos, dtype=torch.float64)[i],
-                torch.tensor(neg, dtype=torch.float64)[i],
-            )
+            # One magnitude for everyone: a cached (2, 1 + n_ops) table for sign +1 / -1.
+            key = (tuple(names), uniform_magnitude, height, width)
+            table = self._table_cache.get(key)
+            if table is None:
+                m = torch.tensor(uniform_magnitude, dtype=torch.float64)
+                table = torch.tensor(
+                    [
+                        [0.0] + [float(self._op_param(o, m, sgn, height, width)) for o in names]
+                        for sgn in (torch.tensor(1.0), torch.tensor(-1.0))
+                    ],
+                    dtype=torch.float64,
+                )
+                if len(self._table_cache) > 64:
+                    self._table_cache.clear()
+                self._table_cache[key] = table
+            return table[(signs < 0).long(), op_idx + 1]
         params = torch.zeros_like(mags)
         for k in torch.unique(op_idx).tolist():
             if k >= 0:
@@ -591,7 +613,7 @@ class RandAugmentBatch:
             elif family == "lut":
                 ys = self._lut_family(xs, names, op_idx[idx], params[idx])
             elif family == "affine":
-                mats = _affine_matrices_vec(op_idx[idx], params[idx], names, h, w)
+                mats = _affine_matrices(op_idx[idx], params[idx], names, h, w)
                 ys = warp_affine(xs, mats, fill=fill, interpolation=self.interpolation)
             elif family == "color":
                 ys = _color(xs, params[idx].to(dev))
@@ -615,25 +637,22 @@ class RandAugmentBatch:
         ids = ids.to(dev)
         ps = ps.to(dev)
         ramp = torch.arange(256, dtype=torch.float64, device=dev).view(1, 1, 256)
-        lut = ramp.expand(n, c, 256)
-        pv = ps.view(n, 1, 1)
+        lut = torch.arange(256, dtype=torch.uint8, device=dev).repeat(n, c, 1)
         for k in torch.unique(ids).tolist():
             op = names[k]
-            sel = (ids == k).view(n, 1, 1)
-            if op in ("AutoContrast", "Equalize", "Contrast"):
-                rows = sel.view(n).nonzero().squeeze(1)
-                sub = self._lut(op, xs.index_select(0, rows), ps.index_select(0, rows), ramp)
-                lut = lut.index_copy(0, rows, sub.expand(len(rows), c, 256).to(lut.dtype))
-            else:
-                lut = torch.where(sel, self._lut(op, xs, pv.view(n), ramp), lut)
-        lut8 = lut.to(torch.uint8).reshape(n * c, 256)
-        out = torch.gather(lut8, 1, xs.reshape(n * c, h * w).long())
+            rows = (ids == k).nonzero().squeeze(1)
+            image_dependent = op in ("AutoContrast", "Equalize", "Contrast")
+            sub_x = xs.index_select(0, rows) if image_dependent else xs[:0]
+            sub = self._lut(op, sub_x, ps.index_select(0, rows), ramp)
+            lut.index_copy_(0, rows, sub.to(torch.uint8).expand(len(rows), c, 256))
+        out = torch.gather(lut.view(n * c, 256), 1, xs.reshape(n * c, h * w).long())
         return out.view(n, c, h, w)
 
     @staticmethod
     def _lut(op: str, xs: torch.Tensor, p: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
-        """Per-sample float64 LUTs (n, C or 1, 256) for one LUT-family op."""
-        n, c = xs.shape[:2]
+        """Per-sample float64 LUTs (n, C or 1, 256) for one LUT-family op (``xs`` is only read
+        by the image-dependent ops; the others need just the parameters ``p``)."""
+        n, c = p.shape[0], xs.shape[1]
         pv = p.view(n, 1, 1)
         if op == "AutoContrast":
             return _lut_autocontrast(xs, ramp)

@@ -548,7 +548,7 @@ def _equalize_hist(img: np.ndarray) -> np.ndarray:
 _EMBOSS = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float64)
 
 
-def _spatter_mask(liquid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _spatter_mask(liquid: np.ndarray) -> np.ndarray:
     """Water texture mask (n, H, W) in [0, 0.6] of the reference 'water' spatter."""
     li = (np.clip(liquid, 0, 1) * 255).astype(np.uint8)
     edges = _canny(li, low=50, high=150)
@@ -563,8 +563,7 @@ def _spatter_mask(liquid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     dist = np.rint(ndimage.uniform_filter(dist, size=(1, 3, 3), mode="mirror"))
     m = li.astype(np.float64) * dist
     mx = m.reshape(m.shape[0], -1).max(axis=1).reshape(-1, 1, 1)
-    m = np.where(mx > 0, m / np.where(mx > 0, mx, 1.0), 0.0) * 0.6
-    return m, li
+    return np.where(mx > 0, m / np.where(mx > 0, mx, 1.0), 0.0) * 0.6
 
 
 def _spatter(x, *, name, rngs, frames):
@@ -577,7 +576,7 @@ def _spatter(x, *, name, rngs, frames):
     colour = rgb if c == 3 else np.array([0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]])
     out = np.empty((n, frames, h, w, c), dtype=np.uint8)
     for i in range(frames):
-        m, _ = _spatter_mask(liquid)
+        m = _spatter_mask(liquid)
         out[:, i] = _to_uint8(xf + m[..., None] * colour)
         drip = np.zeros_like(liquid)
         drip[:, 1:] = liquid[:, :-1]

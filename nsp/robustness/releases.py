@@ -260,8 +260,8 @@ def iter_imagenet_c(
 
     The release's JPEGs are already 224x224; ``size`` applies :func:`read_image`'s resize + crop.
     """
-    files = imagenet_c_files(root, corruption=corruption, severity=severity)
     bs = _check_batch_size(batch_size)
+    files = imagenet_c_files(root, corruption=corruption, severity=severity)
     return _batches(
         files,
         batch_size=bs,
@@ -334,6 +334,7 @@ def iter_cifar_c(
     root: str | os.PathLike, *, corruption: str, severity: int, batch_size: int = 1000
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(images uint8 (B, 32, 32, 3), labels int64 (B,))`` batches of one severity."""
+    _check_batch_size(batch_size)
     images, labels = load_cifar_c(root, corruption=corruption, severity=severity)
     return _iter_arrays(images, labels, batch_size=batch_size)  # type: ignore[return-value]
 
@@ -365,6 +366,7 @@ def iter_cifar_p(
     root: str | os.PathLike, *, perturbation: str, batch_size: int = 100
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     """Yield ``(frames uint8 (B, T, H, W, 3), labels int64 (B,) or None)`` batches."""
+    _check_batch_size(batch_size)
     frames, labels = load_cifar_p(root, perturbation=perturbation)
     return _iter_arrays(frames, labels, batch_size=batch_size)
 
@@ -394,8 +396,8 @@ def iter_imagenet_p(
     root: str | os.PathLike, *, perturbation: str, batch_size: int = 8
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(frames uint8 (B, T, H, W, 3), labels int64 (B,))`` batches of ImageNet-P."""
-    files = imagenet_p_files(root, perturbation=perturbation)
     bs = _check_batch_size(batch_size)
+    files = imagenet_p_files(root, perturbation=perturbation)
     return _batches(
         files, batch_size=bs, decode=read_video, hint="use batch_size=1 for unequal videos"
     )
@@ -467,8 +469,8 @@ def iter_imagenet_subset(
     The releases hold images of many sizes, hence the default resize + centre crop to 224
     (:func:`read_image`); ``size=None`` keeps the original sizes (batches must then agree).
     """
-    files = imagenet_subset_files(root, subset=subset)
     bs = _check_batch_size(batch_size)
+    files = imagenet_subset_files(root, subset=subset)
     return _batches(
         files,
         batch_size=bs,

@@ -168,6 +168,7 @@ class _Tracker:
             stage=self.stage,
             generation=self.generation,
             champion_metric=self.cfg["champion_metric"],
+            arch=str(config.get("arch", "")),
         )
 
 
@@ -253,6 +254,7 @@ def register_model(
     stage: str,
     generation: int,
     champion_metric: str,
+    arch: str = "",
 ) -> str:
     """Log + register ``model`` once per checkpoint hash; set aliases and re-elect the champion."""
     import mlflow.pytorch
@@ -284,6 +286,7 @@ def register_model(
     else:
         version = str(existing.version)
     vtags = {
+        "arch": arch,
         "checkpoint_sha256": checkpoint_sha256,
         "stage": stage,
         "generation": str(generation),
@@ -310,3 +313,137 @@ def elect_champion(client: Any, *, name: str, metric: str) -> str | None:
     if best_v is not None:
         client.set_registered_model_alias(name, "champion", str(best_v))
     return best_v
+
+
+def _client_for(params: dict[str, Any] | None) -> tuple[Any, Any]:
+    cfg = settings(params or {})
+    mlflow = connect(cfg["uri"])
+    return mlflow, mlflow.MlflowClient()
+
+
+def list_registry(
+    *, params: dict[str, Any] | None = None, name: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows (model, version, aliases, stage, generation, metrics) for one or all registered models."""
+    _, client = _client_for(params)
+    models = client.search_registered_models()
+    names = [m.name for m in models]
+    if name is not None and name not in names:
+        raise NSPError(
+            f"registered model {name!r} not found; registered models: {', '.join(names) or 'none'}"
+        )
+    rows = []
+    for m in models:
+        if name is not None and m.name != name:
+            continue
+        by_version: dict[str, list[str]] = {}
+        for alias, v in (m.aliases or {}).items():
+            by_version.setdefault(str(v), []).append(alias)
+        for mv in sorted(
+            client.search_model_versions(f"name='{m.name}'"), key=lambda v: int(v.version)
+        ):
+            rows.append(
+                {
+                    "model": m.name,
+                    "version": int(mv.version),
+                    "aliases": ",".join(sorted(by_version.get(str(mv.version), []))),
+                    "stage": mv.tags.get("stage"),
+                    "generation": mv.tags.get("generation"),
+                    "val_acc": mv.tags.get("val_acc"),
+                    "test_acc": mv.tags.get("test_acc"),
+                    "params": mv.tags.get("params"),
+                    "run_id": mv.tags.get("run_id"),
+                }
+            )
+    return rows
+
+
+def resolve_version(client: Any, ref: str) -> Any:
+    """``NAME@ALIAS`` or ``NAME/VERSION`` (or ``models:/...``) -> ModelVersion, with clear errors."""
+    ref = ref.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+    elif "/" in ref:
+        name, alias = ref.rsplit("/", 1)[0], None
+    else:
+        raise NSPError(f"model reference {ref!r}: use NAME@ALIAS or NAME/VERSION")
+    names = [m.name for m in client.search_registered_models()]
+    if name not in names:
+        raise NSPError(
+            f"registered model {name!r} not found; registered models: {', '.join(names) or 'none'}"
+        )
+    rm = client.get_registered_model(name)
+    if alias is not None:
+        if alias not in (rm.aliases or {}):
+            raise NSPError(
+                f"{name}: alias {alias!r} not found; aliases: {', '.join(sorted(rm.aliases or {})) or 'none'}"
+            )
+        return client.get_model_version_by_alias(name, alias)
+    version = ref.rsplit("/", 1)[1]
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    if not version.isdigit() or int(version) not in versions:
+        raise NSPError(f"{name}: version {version!r} not found; versions: {versions}")
+    return client.get_model_version(name, version)
+
+
+def pull_model(
+    *, ref: str, out_dir: str | Path, params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Download a registered version: ``model.pt`` (an NSP checkpoint), ``config.json``, the MLflow model dir."""
+    import torch
+
+    from nsp.checkpoint import save_checkpoint
+
+    mlflow, client = _client_for(params)
+    mv = resolve_version(client, ref)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    uri = f"models:/{mv.name}/{mv.version}"
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=str(out_dir / "mlflow_model")
+    )
+    model = mlflow.pytorch.load_model(local)
+    cfg_dict = json.loads(
+        client.download_artifacts(mv.tags["run_id"], "resolved_config.json", str(out_dir))
+        and (out_dir / "resolved_config.json").read_text()
+    )
+    train_cfg = cfg_dict["config"]
+    net_fc = model.net.fc if hasattr(model.net, "fc") else None
+    num_classes = (
+        int(net_fc.out_features) if net_fc is not None else int(mv.tags.get("num_classes", 0))
+    )
+    in_chans = int(next(p for p in model.parameters() if p.ndim == 4).shape[1])
+    metrics = {
+        k: float(v) for k, v in mv.tags.items() if k in ("val_acc", "test_acc", "params", "steps")
+    }
+    save_checkpoint(
+        out_dir / "model.pt",
+        model=model,
+        arch=train_cfg["arch"],
+        num_classes=num_classes,
+        in_chans=in_chans,
+        config=train_cfg,
+        metrics=metrics,
+        class_names=[],
+    )
+    info = {
+        "model": mv.name,
+        "version": int(mv.version),
+        "arch": train_cfg["arch"],
+        "run_id": mv.tags["run_id"],
+        "stage": mv.tags.get("stage"),
+        "metrics": metrics,
+        "config": train_cfg,
+        "checkpoint_sha256": mv.tags.get("checkpoint_sha256"),
+        "mlflow_model": str(Path(local).resolve()),
+    }
+    write_json(out_dir / "config.json", info)
+    del torch
+    return info
+
+
+def teacher_from_registry(*, ref: str, params: dict[str, Any]) -> Any:
+    """Load ``models:/NAME@ALIAS`` as a torch module (used when ``teacher.source`` is a registry URI)."""
+    mlflow, client = _client_for(params)
+    mv = resolve_version(client, ref)
+    return mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}"), mv

@@ -1,0 +1,828 @@
+"""Benchmark suite (``nsp bench``): how close the real data paths run to the bare model.
+
+Everything is measured in one process and one run, so ratios compare like with like: torch uses
+all cores, warm-up iterations are excluded and every rate is the median over ``repeats`` blocks.
+The blocks of the compared pipelines are interleaved (raw, noised, PIL/0 workers, PIL/2 workers,
+then again), so a load spike from another process hits all of them rather than one.
+
+Measured (images are synthetic smooth uint8 images of the default profile's size, made in memory):
+
+* ``raw_train_img_s``: one training step of the default student on pre-normalised float batches
+  (dropout and stochastic depth 0): forward, CE + soft-CE, backward, SGD, EMA update;
+* ``train_img_s``: the engine's noised step: gather a uint8 labeled + unlabeled batch from the
+  in-memory pool -> ``random_crop_flip`` + per-sample ``RandAugmentBatch`` (the engine's
+  ``_Noise``) -> model with dropout and stochastic depth -> the same loss, SGD and EMA;
+* ``pil_pipeline_img_s``: the same step fed by ``PILRandAugmentDataset`` (per-image PIL crop/flip +
+  RandAugment) in a ``torch.utils.data.DataLoader`` with 0 and with 2 workers (the better one);
+* ``pseudo_label_img_s``: :func:`nsp.pseudo.label.predict_shards` (softmax, top-k, parquet
+  shards) vs ``raw_infer_img_s``: ``model(x)`` under ``inference_mode`` on the same batches;
+* ``corruption_speedup``: :func:`nsp.robustness.corruptions.build_c_set` vs a per-image loop of
+  :func:`~nsp.robustness.corruptions.corrupt_image`, both per image;
+* FLOPs per image (``FlopCounterMode``; training = 3 x forward), achieved training GFLOP/s and the
+  fraction of a measured fp32 ``torch.mm`` peak;
+* ``repro_seconds``: the stage timings the pipeline recorded under ``outputs/`` (null if none).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nsp.config import NoiseConfig, PseudoConfig, TrainConfig
+
+#: Targets from the issue "Fast data path and a benchmark suite" (metric -> minimum).
+TARGETS: dict[str, float] = {
+    "train_ratio_vs_raw": 0.90,
+    "train_ratio_vs_pil": 1.4,
+    "pseudo_label_ratio_vs_raw": 0.95,
+    "corruption_speedup": 5.0,
+    "train_frac_of_peak": 0.5,
+}
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    """Everything that sets the amount of work (reported in the JSON as ``sizes``)."""
+
+    arch: str = "nsp_resnet_l"
+    labeled_batch: int = 64
+    unlabeled_ratio: float = 3.0
+    image_size: int = 32
+    channels: int = 1
+    num_classes: int = 10
+    pool_images: int = 4096  # in-memory uint8 pool the training steps gather from
+    labeled_images: int = 1000  # the first rows of the pool form the labeled split
+    warmup_steps: int = 1  # per block (the first block of each pipeline gets one more)
+    steps: int = 3  # timed steps per block
+    repeats: int = 3
+    pil_workers: tuple[int, ...] = (0, 2)
+    infer_images: int = 2048
+    infer_repeats: int = 5
+    infer_batch: int = 1024
+    c_images: int = 500
+    c_loop_images: int = 20
+    c_severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    matmul_n: int = 2048
+    matmul_repeats: int = 5
+    noise_repeats: int = 9  # calls per noise-breakdown timing
+
+    @property
+    def unlabeled_batch(self) -> int:
+        return max(1, int(round(self.labeled_batch * self.unlabeled_ratio)))
+
+    @property
+    def batch(self) -> int:
+        return self.labeled_batch + self.unlabeled_batch
+
+
+QUICK = BenchSizes(
+    arch="nsp_resnet_xs",
+    labeled_batch=8,
+    pool_images=256,
+    labeled_images=64,
+    warmup_steps=1,
+    steps=2,
+    repeats=1,
+    infer_images=128,
+    infer_batch=64,
+    infer_repeats=1,
+    c_images=4,
+    c_loop_images=2,
+    c_severities=(3,),
+    matmul_n=512,
+    matmul_repeats=3,
+    noise_repeats=3,
+)
+
+
+def student_setup(
+    *,
+    params: dict[str, Any] | None,
+    quick: bool = False,
+    arch: str | None = None,
+    batch: int | None = None,
+) -> tuple[BenchSizes, TrainConfig, PseudoConfig]:
+    """Sizes and configs of the default student (the last generation in ``params``).
+
+    ``params=None`` uses the built-in defaults (``nsp_resnet_l``, batch 64 + 3 x 64, the paper's
+    noise). ``batch`` overrides the labeled batch size (the unlabeled one stays ``ratio`` x it).
+    """
+    from nsp import config as C
+
+    if params and C.generation_keys(params):
+        gen = C.generation_keys(params)[-1]
+        cfg = C.student_config(params, gen)
+        pcfg = C.pseudo_config(params, gen)
+    else:
+        cfg = TrainConfig(
+            name="student",
+            arch="nsp_resnet_l",
+            batch_size=64,
+            unlabeled_ratio=3.0,
+            noise=NoiseConfig(dropout=0.3, drop_path=0.2),
+        )
+        pcfg = PseudoConfig()
+    if arch:
+        cfg = replace(cfg, arch=arch)
+    if batch:
+        cfg = replace(cfg, batch_size=int(batch))
+    prep = (params or {}).get("prepare") or {}
+    base = QUICK if quick else BenchSizes()
+    sizes = replace(
+        base,
+        arch=arch or (base.arch if quick else cfg.arch),
+        labeled_batch=base.labeled_batch if quick and not batch else cfg.batch_size,
+        unlabeled_ratio=float(cfg.unlabeled_ratio),
+        image_size=int(prep.get("image_size") or 32),
+        channels=int(prep.get("channels") or 1),
+    )
+    return sizes, cfg, pcfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, usable cores, torch / numpy / Python versions, torch threads."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def synthetic_images(*, n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
+    """Smooth random uint8 images (N, size, size, C): 8x8 noise upsampled plus fine grain."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((n, channels, 8, 8), generator=g) * 255.0
+    up = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    up = up + 12.0 * torch.randn(up.shape, generator=g)
+    return up.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _median_rate(samples: list[float]) -> float:
+    return float(statistics.median(samples)) if samples else float("nan")
+
+
+def _paired(a: list[float], b: list[float]) -> float:
+    """Median over repeats of the per-repeat ratio a/b (robust to load drift between repeats)."""
+    return float(statistics.median(x / y for x, y in zip(a, b, strict=True)))
+
+
+def _rate(step: Callable[[], int], *, warmup: int, steps: int) -> float:
+    """Images per second of ``steps`` calls of ``step`` (returns images done) after ``warmup``."""
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    done = sum(step() for _ in range(steps))
+    return done / (time.perf_counter() - t0)
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: raw vs noised vs per-image PIL DataLoader
+# ---------------------------------------------------------------------------------------------
+
+
+class _Trainer:
+    """The engine's optimisation step (param groups, nesterov SGD, lr schedule, EMA, loss)."""
+
+    def __init__(self, *, cfg: TrainConfig, sizes: BenchSizes, noised: bool) -> None:
+        from nsp.train.engine import _Ema, make_classifier
+
+        self.cfg = cfg
+        self.model = make_classifier(
+            arch=cfg.arch,
+            num_classes=sizes.num_classes,
+            in_chans=sizes.channels,
+            dropout=cfg.noise.dropout if noised else 0.0,
+            drop_path=cfg.noise.drop_path if noised else 0.0,
+        )
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
+        self.opt = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=True,
+        )
+        self.ema = _Ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.step_no = 0
+        self.model.train()
+
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, *, raw: bool = False
+    ) -> int:
+        """One step on a batch whose first ``len(y)`` rows are labeled; returns its size."""
+        from nsp.train.engine import lr_at
+
+        cfg = self.cfg
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(self.step_no, total=10_000, warmup=100, base_lr=cfg.lr)
+        logits = self.model.net(x) if raw else self.model(x)
+        nl = len(y)
+        loss_l = F.cross_entropy(logits[:nl], y, label_smoothing=cfg.label_smoothing)
+        loss_u = -(targets * F.log_softmax(logits[nl:], dim=1)).sum(1).mean()
+        loss = loss_l + cfg.unlabeled_weight * loss_u
+        bool(torch.isfinite(loss))  # the engine checks every step (a sync point)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model, self.step_no)
+        self.step_no += 1
+        float(loss.detach()), float(loss_l.detach()), float(loss_u.detach())
+        return int(x.shape[0])
+
+
+class _PILTrainDataset(torch.utils.data.Dataset):
+    """Per-image public-style pipeline: PIL reflect-pad crop + flip, then PIL RandAugment.
+
+    Wraps :class:`~nsp.noise.pil_reference.PILRandAugmentDataset`; the label it returns is the
+    row index (the training step looks labels and soft targets up by it).
+    """
+
+    def __init__(self, images: np.ndarray, noise: NoiseConfig, seed: int) -> None:
+        from torchvision import transforms as T
+
+        from nsp.noise.pil_reference import PILRandAugmentDataset
+
+        self.inner = PILRandAugmentDataset(
+            images,
+            np.arange(len(images)),
+            num_ops=noise.ra_num_ops if noise.randaugment else 0,
+            magnitude=noise.ra_magnitude,
+            seed=seed,
+        )
+        size = images.shape[1]
+        steps: list[Any] = []
+        if noise.crop_flip:
+            steps.append(T.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"))
+            if noise.flip:
+                steps.append(T.RandomHorizontalFlip())
+        self.crop_flip = T.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        from nsp.noise.pil_reference import pil_to_tensor
+
+        arr = self.inner.images[i]
+        img = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+        img = self.inner.augment(self.crop_flip(img))
+        return pil_to_tensor(img), torch.tensor(i)
+
+
+def bench_training(
+    *, cfg: TrainConfig, sizes: BenchSizes, images: np.ndarray, progress: bool = True
+) -> dict[str, Any]:
+    """Raw vs noised vs PIL-DataLoader training img/s (medians over interleaved blocks)."""
+    from nsp.train.engine import PseudoBatchSource, _EpochSampler, _Noise, to_nchw
+
+    gen = torch.Generator().manual_seed(0)
+    pool = to_nchw(images)  # uint8 (N, C, H, W)
+    n = len(pool)
+    nl = min(sizes.labeled_images, n)
+    labels = torch.randint(sizes.num_classes, (n,), generator=gen)
+    soft = F.softmax(2.0 * torch.randn((n, sizes.num_classes), generator=gen), dim=1)
+    labeled_x, labeled_y = pool[:nl], labels[:nl]
+    pseudo = PseudoBatchSource(
+        images=pool, index=torch.arange(n), targets=soft, counts=torch.ones(n, dtype=torch.int64)
+    )
+    stream = torch.repeat_interleave(torch.arange(len(pseudo.index)), pseudo.counts)
+    lab = _EpochSampler(nl, sizes.labeled_batch, gen)
+    unl = _EpochSampler(len(stream), sizes.unlabeled_batch, gen)
+    noise = _Noise(cfg)
+    noised = _Trainer(cfg=cfg, sizes=sizes, noised=True)
+    raw = _Trainer(cfg=cfg, sizes=sizes, noised=False)
+
+    def noised_step() -> int:  # the engine's loop body, line by line
+        li = lab.next()
+        xb, yb = labeled_x[li], labeled_y[li]
+        rows = stream[unl.next()]
+        xu = pseudo.images[pseudo.index[rows]]
+        tu = pseudo.targets[rows]
+        x = noise(torch.cat([xb, xu]), gen)
+        return noised.step(x, yb, tu)
+
+    # Raw: a few fixed, already-normalised float batches in the model's memory format.
+    mean, std = float(pool.float().mean()), float(pool.float().std()) or 1.0
+    raw_batches = []
+    for _ in range(3):
+        idx = torch.randint(n, (sizes.batch,), generator=gen)
+        xf = ((pool[idx].float() - mean) / std).contiguous(memory_format=torch.channels_last)
+        raw_batches.append(
+            (xf, labels[idx[: sizes.labeled_batch]], soft[idx[sizes.labeled_batch :]])
+        )
+    raw_i = [0]
+
+    def raw_step() -> int:
+        xf, y, t = raw_batches[raw_i[0] % len(raw_batches)]
+        raw_i[0] += 1
+        return raw.step(xf, y, t, raw=True)
+
+    pil_ds = _PILTrainDataset(images, cfg.noise, seed=0)
+    per_block = sizes.warmup_steps + 1 + sizes.steps
+
+    def pil_rate(workers: int, warmup: int) -> float:
+        sampler = torch.utils.data.RandomSampler(
+            pil_ds, replacement=True, num_samples=per_block * sizes.batch, generator=gen
+        )
+        loader = torch.utils.data.DataLoader(
+            pil_ds, batch_size=sizes.batch, sampler=sampler, num_workers=workers, drop_last=True
+        )
+        it: Iterator[Any] = iter(loader)  # fresh workers: no batches prefetched during other blocks
+
+        def step() -> int:
+            x, i = next(it)
+            return noised.step(x, labels[i[: sizes.labeled_batch]], soft[i[sizes.labeled_batch :]])
+
+        # the iterator (and its workers) goes away when this function returns
+        return _rate(step, warmup=warmup, steps=sizes.steps)
+
+    def paired_rates(warmup: int) -> tuple[float, float]:
+        """Raw and noised steps alternate step by step, so load changes hit both alike."""
+        for _ in range(warmup):
+            raw_step()
+            noised_step()
+        t_raw = t_noised = 0.0
+        n_raw = n_noised = 0
+        for _ in range(sizes.steps):
+            t0 = time.perf_counter()
+            n_raw += raw_step()
+            t1 = time.perf_counter()
+            n_noised += noised_step()
+            t2 = time.perf_counter()
+            t_raw += t1 - t0
+            t_noised += t2 - t1
+        return n_raw / t_raw, n_noised / t_noised
+
+    rates: dict[str, list[float]] = {"raw": [], "noised": []}
+    rates.update({f"pil_w{w}": [] for w in sizes.pil_workers})
+    bar = _progress(sizes.repeats * (1 + len(sizes.pil_workers)), "bench train", progress)
+    for r in range(sizes.repeats):
+        warm = sizes.warmup_steps + (1 if r == 0 else 0)
+        raw_r, noised_r = paired_rates(warm if r == 0 else 0)
+        rates["raw"].append(raw_r)
+        rates["noised"].append(noised_r)
+        bar.update(1)
+        for w in sizes.pil_workers:
+            rates[f"pil_w{w}"].append(pil_rate(w, warm))
+            bar.update(1)
+    bar.close()
+    med = {k: _median_rate(v) for k, v in rates.items()}
+    pil_best = max(sizes.pil_workers, key=lambda w: med[f"pil_w{w}"])
+    pil = f"pil_w{pil_best}"
+    out = {
+        "raw_train_img_s": med["raw"],
+        "train_img_s": med["noised"],
+        "train_ratio_vs_raw": med["noised"] / med["raw"],
+        "train_ratio_vs_raw_paired": _paired(rates["noised"], rates["raw"]),
+        "pil_pipeline_img_s": med[pil],
+        "pil_best_workers": pil_best,
+        "train_ratio_vs_pil": med["noised"] / med[pil],
+        "train_ratio_vs_pil_paired": _paired(rates["noised"], rates[pil]),
+        "samples_img_s": {k: [round(x, 2) for x in v] for k, v in rates.items()},
+    }
+    for w in sizes.pil_workers:
+        out[f"pil_pipeline_img_s_w{w}"] = med[f"pil_w{w}"]
+    return out
+
+
+def bench_noise_breakdown(
+    *, cfg: TrainConfig, sizes: BenchSizes, images: np.ndarray
+) -> dict[str, float]:
+    """Milliseconds per student batch of each input-noise piece, with all threads and with one."""
+    from nsp.noise.randaugment import RandAugmentBatch, random_crop_flip
+    from nsp.train.engine import to_nchw
+
+    pool = to_nchw(images)
+    gen = torch.Generator().manual_seed(1)
+    idx = torch.randint(len(pool), (sizes.batch,), generator=gen)
+    x = pool[idx]
+    pad = max(1, x.shape[-1] // 8)
+    ra = RandAugmentBatch(num_ops=cfg.noise.ra_num_ops, magnitude=cfg.noise.ra_magnitude, fill=0)
+    parts: dict[str, Callable[[], Any]] = {
+        "gather": lambda: pool[torch.randint(len(pool), (sizes.batch,), generator=gen)],
+        "crop_flip": lambda: random_crop_flip(x, pad=pad, flip=cfg.noise.flip, generator=gen),
+        "randaugment": lambda: ra(x, generator=gen),
+    }
+    out: dict[str, float] = {}
+    threads = torch.get_num_threads()
+    for nthreads, suffix in ((threads, ""), (1, "_1thread")):
+        torch.set_num_threads(nthreads)
+        try:
+            for name, fn in parts.items():
+                fn()
+                times = []
+                for _ in range(sizes.noise_repeats):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append((time.perf_counter() - t0) * 1e3)
+                out[f"{name}_ms{suffix}"] = float(statistics.median(times))
+        finally:
+            torch.set_num_threads(threads)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pseudo-labeling vs raw inference
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_pseudo_label(
+    *,
+    cfg: TrainConfig,
+    pcfg: PseudoConfig,
+    sizes: BenchSizes,
+    images: np.ndarray,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``predict_shards`` img/s vs ``model(x)`` img/s on the same batches (interleaved repeats)."""
+    from nsp.pseudo.label import predict_shards
+    from nsp.train.engine import make_classifier
+
+    model = make_classifier(
+        arch=cfg.arch, num_classes=sizes.num_classes, in_chans=sizes.channels
+    ).eval()
+    x = images[: sizes.infer_images]
+    n = len(x)
+    pcfg = replace(pcfg, batch_size=sizes.infer_batch)
+    # the tensors teacher_probs builds from each batch, made up front
+    batches = [
+        torch.from_numpy(np.ascontiguousarray(x[i : i + sizes.infer_batch])).permute(0, 3, 1, 2)
+        for i in range(0, n, sizes.infer_batch)
+    ]
+
+    def raw_pass() -> int:
+        with torch.inference_mode():
+            for b in batches:
+                model(b)
+        return n
+
+    def pseudo_pass(root: Path) -> int:
+        out_dir = Path(tempfile.mkdtemp(dir=root))
+        predict_shards(
+            model=model,
+            get_batch=lambda idx: x[idx],
+            n=n,
+            num_classes=sizes.num_classes,
+            cfg=pcfg,
+            out_dir=out_dir,
+            progress=False,
+        )
+        return n
+
+    raw_r, pseudo_r = [], []
+    with tempfile.TemporaryDirectory(prefix="nsp-bench-") as tmp:
+        root = Path(tmp)
+        bar = _progress(2 * sizes.infer_repeats, "bench pseudo-label", progress)
+        for r in range(sizes.infer_repeats):
+            warm = 1 if r == 0 else 0
+            raw_r.append(_rate(raw_pass, warmup=warm, steps=1))
+            bar.update(1)
+            pseudo_r.append(_rate(lambda: pseudo_pass(root), warmup=warm, steps=1))
+            bar.update(1)
+        bar.close()
+    raw_med, pl_med = _median_rate(raw_r), _median_rate(pseudo_r)
+    return {
+        "raw_infer_img_s": raw_med,
+        "pseudo_label_img_s": pl_med,
+        "pseudo_label_ratio_vs_raw": pl_med / raw_med,
+        "pseudo_label_ratio_vs_raw_paired": _paired(pseudo_r, raw_r),
+        "pseudo_samples_img_s": {
+            "raw": [round(v, 2) for v in raw_r],
+            "pseudo": [round(v, 2) for v in pseudo_r],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Corruptions: batched -C set vs per-image loop
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_corruptions(
+    *, sizes: BenchSizes, images: np.ndarray, progress: bool = True
+) -> dict[str, Any]:
+    """Seconds per corrupted image of ``build_c_set`` vs a per-image ``corrupt_image`` loop."""
+    from nsp.robustness.corruptions import (
+        CORRUPTIONS,
+        build_c_set,
+        corrupt,
+        corrupt_image,
+        image_rng,
+    )
+
+    sev = tuple(sizes.c_severities)
+    big = images[: sizes.c_images]
+    small = images[: sizes.c_loop_images]
+    for name in CORRUPTIONS:  # warm-up: lazy tables, frost textures, first-call costs
+        corrupt(images[:2], name=name, severity=sev[0])
+        corrupt_image(images[0], name=name, severity=sev[0], rng=image_rng(0, 0, name, sev[0]))
+    # build_c_set one corruption at a time (the same code path; gives a per-corruption split),
+    # each followed by the per-image loop over the same corruption (interleaved against load)
+    batched: dict[str, float] = {}
+    loop: dict[str, float] = {}
+    bar = _progress(len(CORRUPTIONS), "bench corruptions", progress)
+    for nm in CORRUPTIONS:
+        t0 = time.perf_counter()
+        build_c_set(big, names=(nm,), severities=sev, seed=0, progress=False)
+        batched[nm] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for s in sev:
+            for i, im in enumerate(small):
+                corrupt_image(im, name=nm, severity=s, rng=image_rng(0, i, nm, s))
+        loop[nm] = time.perf_counter() - t0
+        bar.update(1)
+    bar.close()
+    jobs = [(nm, s) for nm in CORRUPTIONS for s in sev]
+    batched_s, loop_s = sum(batched.values()), sum(loop.values())
+    per_batched = batched_s / (len(big) * len(jobs))
+    per_loop = loop_s / (len(small) * len(jobs))
+    return {
+        "c_set_seconds": batched_s,
+        "c_set_images": int(len(big) * len(jobs)),
+        "c_set_ms_per_image": per_batched * 1e3,
+        "c_loop_seconds": loop_s,
+        "c_loop_images": int(len(small) * len(jobs)),
+        "c_loop_ms_per_image": per_loop * 1e3,
+        "corruption_speedup": per_loop / per_batched,
+        "c_per_corruption_ms_per_image": {
+            nm: {
+                "batched": round(batched[nm] / (len(big) * len(sev)) * 1e3, 4),
+                "loop": round(loop[nm] / (len(small) * len(sev)) * 1e3, 4),
+            }
+            for nm in CORRUPTIONS
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# FLOPs, matmul peak, recorded pipeline timings
+# ---------------------------------------------------------------------------------------------
+
+
+def model_flops_per_image(*, model: nn.Module, sizes: BenchSizes, batch: int = 8) -> float:
+    """Forward FLOPs per image counted by ``torch.utils.flop_counter.FlopCounterMode``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    x = torch.zeros((batch, sizes.channels, sizes.image_size, sizes.image_size))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    model.train(was)
+    return counter.get_total_flops() / batch
+
+
+def matmul_gflops(*, n: int = 2048, repeats: int = 5) -> float:
+    """Median fp32 GFLOP/s of ``torch.mm`` on two n x n matrices (all torch threads)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn((n, n), generator=g)
+    b = torch.randn((n, n), generator=g)
+    out = torch.empty((n, n))
+    torch.mm(a, b, out=out)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def _seconds_fields(obj: Any) -> float:
+    """Sum of numeric ``seconds`` / ``*_seconds`` values in a (nested) metrics dict."""
+    total = 0.0
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, dict):
+                total += _seconds_fields(v)
+            elif (
+                (k == "seconds" or k.endswith("_seconds"))
+                and isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+            ):
+                total += float(v)
+    return total
+
+
+def repro_seconds(outputs_dir: str | Path = "outputs") -> dict[str, Any]:
+    """Wall time of the default ``dvc repro`` from the timings its stages recorded.
+
+    Sums ``train_seconds`` of ``outputs/models/*/metrics.json`` and every ``seconds`` /
+    ``*_seconds`` field of ``outputs/**/*.metrics.json``; ``repro_seconds`` is None when none exist.
+    """
+    import json
+
+    root = Path(outputs_dir)
+    stages: dict[str, float] = {}
+    for p in sorted(root.glob("models/*/metrics.json")):
+        try:
+            v = json.loads(p.read_text()).get("train_seconds")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(v, int | float) and math.isfinite(v):
+            stages[str(p.relative_to(root))] = float(v)
+    for p in sorted(root.glob("**/*.metrics.json")):
+        try:
+            v = _seconds_fields(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+        if v > 0:
+            stages[str(p.relative_to(root))] = v
+    return {"repro_seconds": sum(stages.values()) if stages else None, "repro_stages": stages}
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole suite
+# ---------------------------------------------------------------------------------------------
+
+
+def run_bench(
+    *,
+    sizes: BenchSizes,
+    cfg: TrainConfig,
+    pcfg: PseudoConfig,
+    outputs_dir: str | Path = "outputs",
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every measurement once and return the flat result dict.
+
+    ``threads`` sets torch's intra-op threads for the run (default: every usable core).
+    """
+    from nsp.robustness.corruptions import CORRUPTIONS
+    from nsp.train.engine import make_classifier
+
+    cfg = replace(cfg, arch=sizes.arch, batch_size=sizes.labeled_batch)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(threads) if threads else len(os.sched_getaffinity(0)))
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    try:
+        images = synthetic_images(
+            n=max(sizes.pool_images, sizes.infer_images, sizes.c_images),
+            size=sizes.image_size,
+            channels=sizes.channels,
+        )
+        res: dict[str, Any] = {"machine": machine_info()}
+        sections: dict[str, float] = {}
+
+        def timed(name: str, fn: Callable[[], Any]) -> Any:
+            t0 = time.perf_counter()
+            out = fn()
+            sections[name] = round(time.perf_counter() - t0, 2)
+            return out
+
+        res.update(
+            timed(
+                "train",
+                lambda: bench_training(cfg=cfg, sizes=sizes, images=images, progress=progress),
+            )
+        )
+        res["noise_breakdown_ms"] = timed(
+            "noise_breakdown", lambda: bench_noise_breakdown(cfg=cfg, sizes=sizes, images=images)
+        )
+        res.update(
+            timed(
+                "pseudo_label",
+                lambda: bench_pseudo_label(
+                    cfg=cfg, pcfg=pcfg, sizes=sizes, images=images, progress=progress
+                ),
+            )
+        )
+        res.update(
+            timed(
+                "corruptions",
+                lambda: bench_corruptions(sizes=sizes, images=images, progress=progress),
+            )
+        )
+        res["matmul_gflops"] = timed(
+            "matmul", lambda: matmul_gflops(n=sizes.matmul_n, repeats=sizes.matmul_repeats)
+        )
+        res["section_seconds"] = sections
+        model = make_classifier(
+            arch=sizes.arch, num_classes=sizes.num_classes, in_chans=sizes.channels
+        )
+        fwd = model_flops_per_image(model=model, sizes=sizes)
+        res["forward_flops_per_image"] = fwd
+        res["train_flops_per_image"] = 3.0 * fwd
+        res["train_gflops"] = res["train_img_s"] * 3.0 * fwd / 1e9
+        res["raw_train_gflops"] = res["raw_train_img_s"] * 3.0 * fwd / 1e9
+        res["train_frac_of_peak"] = res["train_gflops"] / res["matmul_gflops"]
+        res["raw_train_frac_of_peak"] = res["raw_train_gflops"] / res["matmul_gflops"]
+        res.update(repro_seconds(outputs_dir))
+    finally:
+        torch.set_num_threads(old_threads)
+    res["bench_seconds"] = time.perf_counter() - t_start
+    res["loadavg_start"] = [round(v, 2) for v in load_start]
+    res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    res["sizes"] = {
+        **asdict(sizes),
+        "unlabeled_batch": sizes.unlabeled_batch,
+        "batch": sizes.batch,
+        "c_corruptions": len(CORRUPTIONS),
+        "images": "synthetic smooth uint8 (8x8 noise upsampled + grain), in memory",
+    }
+    res["noise"] = asdict(cfg.noise)
+    res["targets"] = dict(TARGETS)
+    res["meets_targets"] = {k: bool(res[k] >= v) for k, v in TARGETS.items()}
+    return res
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """The result as one human-readable table (metric, value, target)."""
+    s = res["sizes"]
+    m = res["machine"]
+    rows: list[tuple[str, str, str]] = []
+
+    def add(key: str, fmt: str = "{:.1f}", note: str = "") -> None:
+        v = res.get(key)
+        txt = "null" if v is None else fmt.format(v)
+        tgt = f">= {TARGETS[key]:g}" if key in TARGETS else ""
+        if key in TARGETS:
+            tgt += "  ok" if res["meets_targets"][key] else "  MISS"
+        rows.append((key + (f" ({note})" if note else ""), txt, tgt))
+
+    add("raw_train_img_s", note=f"{s['arch']}, batch {s['labeled_batch']}+{s['unlabeled_batch']}")
+    add("train_img_s", note="crop/flip + RandAugment + dropout + drop-path")
+    add("train_ratio_vs_raw", "{:.3f}")
+    add("train_ratio_vs_raw_paired", "{:.3f}", note="median of per-repeat ratios")
+    for w in s["pil_workers"]:
+        add(f"pil_pipeline_img_s_w{w}", note=f"PIL DataLoader, {w} workers")
+    add("train_ratio_vs_pil", "{:.3f}", note=f"best PIL: {res['pil_best_workers']} workers")
+    add("train_ratio_vs_pil_paired", "{:.3f}", note="median of per-repeat ratios")
+    add("raw_infer_img_s", note=f"batch {s['infer_batch']}, {s['infer_images']} images")
+    add("pseudo_label_img_s", note="predict_shards")
+    add("pseudo_label_ratio_vs_raw", "{:.3f}")
+    add("pseudo_label_ratio_vs_raw_paired", "{:.3f}", note="median of per-repeat ratios")
+    add(
+        "c_set_ms_per_image", "{:.3f}", note=f"{s['c_images']} imgs x 19 x {len(s['c_severities'])}"
+    )
+    add("c_loop_ms_per_image", "{:.3f}", note=f"{s['c_loop_images']} imgs, per-image loop")
+    add("corruption_speedup", "{:.1f}")
+    add("forward_flops_per_image", "{:.3e}")
+    add("train_gflops", "{:.2f}")
+    add("matmul_gflops", "{:.1f}", note=f"torch.mm {s['matmul_n']}^2 fp32")
+    add("train_frac_of_peak", "{:.3f}")
+    add("repro_seconds", "{:.0f}", note="recorded stage timings")
+    nb = res.get("noise_breakdown_ms", {})
+    for k in ("gather", "crop_flip", "randaugment"):
+        if f"{k}_ms" in nb:
+            rows.append(
+                (
+                    f"noise: {k} ms/batch (all / 1 thread)",
+                    f"{nb[k + '_ms']:.1f} / {nb[k + '_ms_1thread']:.1f}",
+                    "",
+                )
+            )
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    head = (
+        f"nsp bench: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+        f"load avg {res['loadavg_start'][0]:.2f} -> {res['loadavg_end'][0]:.2f}, "
+        f"{res['bench_seconds']:.0f} s"
+    )
+    lines = [head, "-" * len(head)]
+    lines += [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+    return "\n".join(lines)

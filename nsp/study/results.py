@@ -1,0 +1,172 @@
+"""``nsp study show`` (best trial / Pareto front as a table) and ``nsp study apply`` (params.yaml)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from nsp.errors import NSPError
+from nsp.study.runner import best_trials, tally
+from nsp.study.spec import StudySpec, find_spec
+from nsp.study.storage import load_study_readonly, trial_time
+
+
+def locate(name: str, spec_path: str | Path | None = None) -> tuple[str, StudySpec | None]:
+    """(storage URL, spec or None) of study ``name``: --spec, studies/*.yaml, else the default db."""
+    spec = find_spec(name, spec_path)
+    if spec is not None:
+        return spec.storage, spec
+    default = Path("studies") / f"{name}.db"
+    if not default.is_file():
+        raise NSPError(
+            f"study {name!r}: no studies/*.yaml names it and {default} does not exist; "
+            "pass --spec studies/<file>.yaml"
+        )
+    return f"sqlite:///{default}", None
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def trials_table(trials: list[FrozenTrial], metric_names: list[str]) -> str:
+    names: list[str] = []
+    for t in trials:
+        names += [k for k in t.params if k not in names]
+    header = ["trial", "state", *metric_names, *names, "seconds", "mlflow_run"]
+    rows = []
+    for t in trials:
+        vals = list(t.values or [None] * len(metric_names))
+        secs = trial_time(t)
+        run = t.user_attrs.get("mlflow_run_id")
+        rows.append(
+            [
+                str(t.number),
+                t.state.name,
+                *[f"{v:.4f}" if v is not None else "-" for v in vals],
+                *[_fmt(t.params.get(n)) for n in names],
+                "-" if secs is None else f"{secs:.0f}",
+                run[:8] if run else "-",
+            ]
+        )
+    return _table(rows, header)
+
+
+def show_study(name: str, *, spec_path: str | Path | None = None, top: int = 5) -> str:
+    """The study as text: header, trial counts, best trial + top-N (or the Pareto front)."""
+    storage, _ = locate(name, spec_path)
+    study = load_study_readonly(storage, name)
+    metrics = list(study.user_attrs.get("nsp_objectives") or study.metric_names or ["value"])
+    dirs = [d.name.lower() for d in study.directions]
+    trials = study.get_trials(deepcopy=False)
+    c = tally(trials)
+    out = io.StringIO()
+    out.write(
+        f"study {name} ({storage}): "
+        + ", ".join(f"{d} {m}" for d, m in zip(dirs, metrics, strict=False))
+        + "\n"
+    )
+    states = ", ".join(f"{s} {c[s]}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
+    out.write(f"trials: {len(trials)} ({states})\n")
+    best = best_trials(study)
+    if not best:
+        out.write("no completed trial yet\n")
+        return out.getvalue()
+    if len(dirs) == 1:
+        b = best[0]
+        out.write(f"best trial: {b.number} ({metrics[0]}={b.values[0]:.4f})\n")
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        done.sort(key=lambda t: t.values[0], reverse=dirs[0] == "maximize")
+        out.write(f"top {min(top, len(done))} of {len(done)} completed:\n")
+        out.write(trials_table(done[:top], metrics) + "\n")
+    else:
+        out.write(f"Pareto front ({len(best)} trials):\n")
+        out.write(trials_table(best, metrics) + "\n")
+    return out.getvalue()
+
+
+def apply_trial(
+    name: str,
+    *,
+    trial_number: int,
+    params_path: str | Path = "params.yaml",
+    spec_path: str | Path | None = None,
+) -> list[tuple[str, Any, Any]]:
+    """Write trial ``trial_number``'s values into params.yaml (round-trip: comments/order kept).
+
+    Only the search-space keys of the trial change. Returns ``[(key, old, new), ...]``.
+    """
+    from ruamel.yaml import YAML
+
+    from nsp import config as C
+    from nsp.io import write_bytes
+
+    storage, spec = locate(name, spec_path)
+    study = load_study_readonly(storage, name)
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= trial_number < len(trials):
+        raise NSPError(
+            f"study {name!r} has no trial {trial_number} (0..{len(trials) - 1}); see nsp study show"
+        )
+    trial = trials[trial_number]
+    if trial.state != TrialState.COMPLETE:
+        raise NSPError(
+            f"study {name!r}: trial {trial_number} is {trial.state.name}; apply a COMPLETE trial "
+            f"(nsp study show {name})"
+        )
+    keys = spec.key_map() if spec is not None else dict(study.user_attrs.get("nsp_keys") or {})
+    missing = [p for p in trial.params if p not in keys]
+    if missing:
+        raise NSPError(
+            f"study {name!r}: no params.yaml key known for {missing}; pass the study's --spec"
+        )
+    path = Path(params_path)
+    if not path.is_file():
+        raise NSPError(f"{path}: params file not found; pass --params")
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    doc = yaml.load(path.read_text())
+    changes: list[tuple[str, Any, Any]] = []
+    for pname, value in trial.params.items():
+        parts = keys[pname].split(".")
+        node = doc
+        for part in parts[:-1]:
+            if part not in node or node[part] is None:
+                raise NSPError(
+                    f"{path}: {'.'.join(parts[:-1])} is missing; cannot set {keys[pname]}"
+                )
+            node = node[part]
+        old = node.get(parts[-1])
+        if isinstance(value, float) and value.is_integer() and isinstance(old, int):
+            value = int(value)
+        node[parts[-1]] = value
+        changes.append((keys[pname], old, value))
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    text = buf.getvalue()
+    import yaml as pyyaml
+
+    params = pyyaml.safe_load(text)
+    gen = study.user_attrs.get("nsp_generation", "g1")
+    C.student_config(params, gen)
+    C.pseudo_config(params, gen)
+    write_bytes(path, text.encode())
+    return changes

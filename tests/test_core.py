@@ -1,0 +1,200 @@
+"""Noisy Student core: balancing, pseudo-label targets, models, noise switches, size check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import nsp.models  # noqa: F401  (registers nsp_* in timm)
+from nsp.config import PseudoConfig
+from nsp.errors import NSPError
+from nsp.models import count_params
+from nsp.pseudo.balance import class_histogram, class_thresholds, copy_counts, threshold_grid
+from nsp.pseudo.label import build_pseudo_label_set, load_pseudo_label_set, soft_targets
+
+
+def test_threshold_grid():
+    g = threshold_grid(0.3)
+    assert g[0] == 0.3 and g[-1] == 1.0 and len(g) == 71
+    assert np.allclose(np.diff(g), 0.01)
+
+
+def _balance(labels, conf, *, per_class, threshold=0.3, seed=0, k=3):
+    grid = threshold_grid(threshold)
+    hist = class_histogram(np.asarray(labels), np.asarray(conf), grid, k)
+    thr, above = class_thresholds(hist, grid, per_class)
+    counts = copy_counts(
+        index=np.arange(len(labels)),
+        labels=np.asarray(labels),
+        conf=np.asarray(conf),
+        thresholds=thr,
+        counts_above=above,
+        per_class=per_class,
+        seed=seed,
+        balance=True,
+        threshold=threshold,
+    )
+    return thr, above, counts
+
+
+def test_balancing_hand_computed_downsample_and_duplicate():
+    # class 0: 6 images; per_class=3 -> highest 0.01-threshold keeping >= 3 images is 0.80
+    #          (conf >= 0.80: 0.95, 0.90, 0.80) -> each kept exactly once (3/3 = 1)
+    # class 1: 2 images above 0.3 -> threshold stays 0.30, each duplicated 3/2 = 1.5 times
+    #          (floor 1 + Bernoulli(0.5))
+    # class 2: one image below threshold -> nothing kept
+    labels = [0, 0, 0, 0, 0, 0, 1, 1, 1, 2]
+    conf = [0.95, 0.90, 0.80, 0.79, 0.50, 0.31, 0.60, 0.40, 0.20, 0.25]
+    thr, above, counts = _balance(labels, conf, per_class=3)
+    assert thr[0] == pytest.approx(0.80) and above[0] == 3
+    assert thr[1] == pytest.approx(0.30) and above[1] == 2
+    assert above[2] == 0
+    assert counts[:6].tolist() == [1, 1, 1, 0, 0, 0]
+    assert set(counts[6:8].tolist()) <= {1, 2} and counts[8] == 0 and counts[9] == 0
+
+
+def test_balancing_duplication_counts_are_stochastic_rounding():
+    # one class, 4 images above threshold, per_class=10 -> ratio 2.5: each gets 2 or 3 copies,
+    # and over many seeds the mean is 2.5
+    labels = [0, 0, 0, 0]
+    conf = [0.9, 0.8, 0.7, 0.6]
+    totals = []
+    for seed in range(400):
+        _, _, counts = _balance(labels, conf, per_class=10, seed=seed, k=1)
+        assert set(counts.tolist()) <= {2, 3}
+        totals.append(counts.mean())
+    assert np.mean(totals) == pytest.approx(2.5, abs=0.05)
+
+
+def test_balancing_off_is_plain_threshold():
+    labels = np.array([0, 1, 1])
+    conf = np.array([0.5, 0.2, 0.99])
+    counts = copy_counts(
+        index=np.arange(3),
+        labels=labels,
+        conf=conf,
+        thresholds=np.zeros(2),
+        counts_above=np.zeros(2),
+        per_class=5,
+        seed=0,
+        balance=False,
+        threshold=0.3,
+    )
+    assert counts.tolist() == [1, 0, 1]
+
+
+def test_soft_hard_and_smoothed_targets():
+    p = np.array([[0.7, 0.2, 0.1]], np.float32)
+    assert np.allclose(soft_targets(p, soft=True, label_smoothing=0), p)
+    assert np.allclose(soft_targets(p, soft=False, label_smoothing=0), [[1, 0, 0]])
+    assert np.allclose(soft_targets(p, soft=False, label_smoothing=0.3), [[0.8, 0.1, 0.1]])
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'teacher' whose logits are the first 3 pixels of each image (so the expected set is known)."""
+
+    def forward(self, x):
+        return x.flatten(1)[:, :3].float()
+
+
+def test_pseudo_label_set_temperature_threshold_and_stats(tmp_path):
+    logits = np.array([[4, 0, 0], [0, 3, 0], [1, 1, 1.2], [0, 0, 5]], np.float32)
+    images = np.zeros((4, 2, 2, 1), np.float32)
+    images.reshape(4, -1)[:, :3] = logits
+    truth = np.array([0, 1, 0, 2])
+    for temp in (1.0, 2.0):
+        cfg = PseudoConfig(
+            soft=True,
+            temperature=temp,
+            threshold=0.5,
+            balance=False,
+            topk=3,
+            batch_size=3,
+            shard_size=2,
+        )
+        out = tmp_path / f"set{temp}"
+        stats = build_pseudo_label_set(
+            model=_FixedLogits(),
+            get_batch=lambda i: images[i],
+            n=4,
+            num_classes=3,
+            cfg=cfg,
+            out_dir=out,
+            truth=truth,
+            progress=False,
+        )
+        probs = torch.softmax(torch.from_numpy(logits) / temp, 1).numpy()
+        keep = probs.max(1) >= 0.5
+        s = load_pseudo_label_set(out, 3)
+        assert s["index"].tolist() == np.flatnonzero(keep).tolist()
+        assert np.allclose(s["targets"], probs[keep], atol=1e-6)
+        assert stats["num_unlabeled"] == 4 and stats["stream_size"] == keep.sum()
+        kept_correct = (probs.argmax(1) == truth)[keep]
+        assert stats["pseudo_label_acc"] == pytest.approx(kept_correct.mean())
+        assert sorted(p.name for p in out.iterdir()) == [
+            "provenance.json",
+            "shard-00000.parquet",
+            "shard-00001.parquet",
+            "stats.json",
+        ]
+
+
+@pytest.mark.parametrize("name", ["nsp_resnet_xs", "nsp_resnet_s", "nsp_resnet_m", "nsp_resnet_l"])
+def test_models_registered_in_timm(name):
+    m = timm.create_model(name, num_classes=7, in_chans=1, drop_rate=0.1, drop_path_rate=0.2)
+    assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_family_sizes_grow():
+    sizes = [
+        count_params(timm.create_model(n, num_classes=10, in_chans=1))
+        for n in ("nsp_resnet_s", "nsp_resnet_m", "nsp_resnet_l")
+    ]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_dropout_and_stochastic_depth_only_in_train_mode():
+    torch.manual_seed(0)
+    m = timm.create_model(
+        "nsp_resnet_s", num_classes=10, in_chans=1, drop_rate=0.5, drop_path_rate=0.5
+    )
+    for mod in m.modules():  # make residual branches non-zero so stochastic depth is visible
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(mod.weight)
+    x = torch.randn(4, 1, 32, 32)
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), m(x))
+    m.train()
+    with torch.no_grad():
+        assert not torch.allclose(m(x), m(x))
+    rates = [b.drop_path.drop_prob for b in m.blocks if hasattr(b.drop_path, "drop_prob")]
+    assert rates == sorted(rates) and rates[-1] == pytest.approx(0.5)  # linear in block index
+
+
+def test_unknown_arch_is_clear_error():
+    from nsp.models import build_model
+
+    with pytest.raises(NSPError, match="unknown architecture 'nsp_nope'"):
+        build_model(arch="nsp_nope", num_classes=10, in_chans=1)
+
+
+def test_config_rejects_out_of_range_and_unknown_keys():
+    from nsp import config as C
+
+    params = {
+        "student": {"pseudo": {"threshold": 1.5}},
+        "generations": {"g1": {"arch": "nsp_resnet_s", "unlabeled_ratio": 2}},
+    }
+    with pytest.raises(NSPError, match=r"generations.g1.pseudo.threshold must be in \[0, 1\]"):
+        C.pseudo_config(params, "g1")
+    with pytest.raises(NSPError, match="unknown key teacher.epoch"):
+        C.teacher_config({"teacher": {"epoch": 3}})
+    with pytest.raises(NSPError, match="teacher.epochs must be > 0"):
+        C.teacher_config({"teacher": {"epochs": -1}})
+    with pytest.raises(NSPError, match="unlabeled_ratio must be > 0"):
+        C.student_config({"generations": {"g1": {"unlabeled_ratio": 0}}}, "g1")
+    with pytest.raises(NSPError, match="generations.g2.teacher='g5' does not exist"):
+        C.teacher_of({"generations": {"g1": {}, "g2": {"teacher": "g5"}}}, "g2")
