@@ -1,9 +1,10 @@
 """Benchmark suite (``nsp bench``): how close the real data paths run to the bare model.
 
 Everything is measured in one process and one run, so ratios compare like with like: torch uses
-all cores, warm-up iterations are excluded and every rate is the median over ``repeats`` blocks.
-The blocks of the compared pipelines are interleaved (raw, noised, PIL/0 workers, PIL/2 workers,
-then again), so a load spike from another process hits all of them rather than one.
+all cores (unless ``threads``), warm-up iterations are excluded and every rate is the median over
+repeats. Compared pipelines are interleaved (raw and noised training alternate step by step, the
+PIL loaders and the pseudo-labeling passes block by block), so a load spike from another process
+hits both sides; ``*_paired`` ratios are medians of per-repeat ratios.
 
 Measured (images are synthetic smooth uint8 images of the default profile's size, made in memory):
 
@@ -459,6 +460,16 @@ def bench_noise_breakdown(
                 out[f"{name}_ms{suffix}"] = float(statistics.median(times))
         finally:
             torch.set_num_threads(threads)
+    # the per-image PIL pipeline for the same batch (single-threaded by nature), for comparison
+    ds = _PILTrainDataset(images, cfg.noise, seed=1)
+    rows = idx.tolist()
+    collate = torch.utils.data.default_collate
+    times = []
+    for _ in range(max(1, sizes.noise_repeats // 3)):
+        t0 = time.perf_counter()
+        collate([ds[i] for i in rows])
+        times.append((time.perf_counter() - t0) * 1e3)
+    out["pil_dataset_ms"] = float(statistics.median(times))
     return out
 
 
@@ -510,9 +521,31 @@ def bench_pseudo_label(
         )
         return n
 
+    class _Stub(nn.Module):  # fixed logits at ~zero cost: predict_shards' own overhead
+        def __init__(self) -> None:
+            super().__init__()
+            self.logits = torch.randn((sizes.infer_batch, sizes.num_classes))
+
+        def forward(self, xb: torch.Tensor) -> torch.Tensor:
+            return self.logits[: len(xb)]
+
+    stub = _Stub()
     raw_r, pseudo_r = [], []
     with tempfile.TemporaryDirectory(prefix="nsp-bench-") as tmp:
         root = Path(tmp)
+        overhead = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            predict_shards(
+                model=stub,
+                get_batch=lambda idx: x[idx],
+                n=n,
+                num_classes=sizes.num_classes,
+                cfg=pcfg,
+                out_dir=Path(tempfile.mkdtemp(dir=root)),
+                progress=False,
+            )
+            overhead.append(time.perf_counter() - t0)
         bar = _progress(2 * sizes.infer_repeats, "bench pseudo-label", progress)
         for r in range(sizes.infer_repeats):
             warm = 1 if r == 0 else 0
@@ -527,6 +560,10 @@ def bench_pseudo_label(
         "pseudo_label_img_s": pl_med,
         "pseudo_label_ratio_vs_raw": pl_med / raw_med,
         "pseudo_label_ratio_vs_raw_paired": _paired(pseudo_r, raw_r),
+        # predict_shards with a zero-cost model: its own cost per image, and the ratio it implies
+        "pseudo_overhead_ms_per_image": statistics.median(overhead) / n * 1e3,
+        "pseudo_label_ratio_vs_raw_est": (1.0 / raw_med)
+        / (1.0 / raw_med + statistics.median(overhead) / n),
         "pseudo_samples_img_s": {
             "raw": [round(v, 2) for v in raw_r],
             "pseudo": [round(v, 2) for v in pseudo_r],
@@ -796,6 +833,8 @@ def format_table(res: dict[str, Any]) -> str:
     add("pseudo_label_img_s", note="predict_shards")
     add("pseudo_label_ratio_vs_raw", "{:.3f}")
     add("pseudo_label_ratio_vs_raw_paired", "{:.3f}", note="median of per-repeat ratios")
+    add("pseudo_overhead_ms_per_image", "{:.4f}", note="predict_shards with a zero-cost model")
+    add("pseudo_label_ratio_vs_raw_est", "{:.3f}", note="raw / (raw + overhead)")
     add(
         "c_set_ms_per_image", "{:.3f}", note=f"{s['c_images']} imgs x 19 x {len(s['c_severities'])}"
     )
@@ -816,6 +855,10 @@ def format_table(res: dict[str, Any]) -> str:
                     "",
                 )
             )
+    if "pil_dataset_ms" in nb:
+        rows.append(
+            ("noise: PIL crop/flip + RandAugment ms/batch", f"{nb['pil_dataset_ms']:.1f}", "")
+        )
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     head = (

@@ -70,6 +70,11 @@ def load_data(params: dict[str, Any], *, unlabeled: bool = False) -> dict[str, A
     return data
 
 
+def _state_path(name: str, out: Path) -> Path:
+    """Per-epoch training state (resume after a kill); not a DVC output, removed after success."""
+    return model_dir(name, out) / "train_state.pt"
+
+
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
     keys = list(history[0].keys()) if history else ["epoch"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
@@ -127,6 +132,7 @@ def _finish_model(
     )
     write_json(d / "config.json", {"stage": name, "config": C.to_dict(cfg), "lineage": lineage})
     write_json(d / "metrics.json", metrics)
+    _state_path(name, out).unlink(missing_ok=True)
     tracker.log_final(
         metrics, artifacts=[d / "config.json", d / "confusion.json", d / "history.csv"]
     )
@@ -178,6 +184,7 @@ def run_teacher(
             num_classes=data["num_classes"],
             on_epoch=tr.log_epoch,
             progress=progress,
+            state_path=_state_path("teacher", out),
         )
         return _finish_model(
             name="teacher",
@@ -367,6 +374,7 @@ def run_student(
             init_state=init,
             on_epoch=tr.log_epoch,
             progress=progress,
+            state_path=_state_path(gen, out),
         )
         return _finish_model(
             name=gen,
@@ -415,6 +423,7 @@ def run_baseline(
             num_classes=data["num_classes"],
             on_epoch=tr.log_epoch,
             progress=progress,
+            state_path=_state_path("baseline", out),
         )
         return _finish_model(
             name="baseline",

@@ -21,6 +21,7 @@ TINY_PARAMS = {
         "seed": 0,
         "image_size": 32,
         "channels": 1,
+        "a_pool_per_class": 10,
     },
     "tracking": {
         "enabled": True,
@@ -49,7 +50,7 @@ TINY_PARAMS = {
         },
     },
     "student": {
-        "epochs": 3,
+        "epochs": 10,
         "batch_size": 32,
         "unlabeled_ratio": 2,
         "unlabeled_weight": 1.0,
@@ -98,6 +99,26 @@ TINY_PARAMS = {
             "dropout": 0.1,
             "drop_path": 0.1,
         },
+    },
+    "robustness": {
+        "seed": 0,
+        "c_images": 50,
+        "p_images": 20,
+        "a_reference": {
+            "arch": "nsp_resnet_xs",
+            "epochs": 2,
+            "batch_size": 32,
+            "lr": 0.1,
+            "warmup_epochs": 0.5,
+            "ema_decay": 0.9,
+            "seed": 7,
+        },
+    },
+    "evaluate": {
+        "models": ["teacher", "g1", "g2", "baseline"],
+        "baseline": "baseline",
+        "batch_size": 512,
+        "calib_beta": 10,
     },
 }
 

@@ -35,6 +35,8 @@ RATE_KEYS = (
     "pseudo_label_ratio_vs_raw_paired",
     "c_set_ms_per_image",
     "c_loop_ms_per_image",
+    "pseudo_overhead_ms_per_image",
+    "pseudo_label_ratio_vs_raw_est",
 )
 
 
@@ -78,6 +80,8 @@ def test_bench_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert res["train_gflops"] == pytest.approx(
         res["train_img_s"] * 3 * res["forward_flops_per_image"] / 1e9
     )
+    assert res["pseudo_label_ratio_vs_raw_est"] <= 1.0  # overhead can only slow it down
+    assert set(res["noise_breakdown_ms"]) >= {"randaugment_ms", "crop_flip_ms", "pil_dataset_ms"}
     assert res["repro_seconds"] is None  # no pipeline outputs: reported as null, not a failure
     m = res["machine"]
     assert m["cores"] >= 1 and m["torch"] == torch.__version__ and m["cpu"]

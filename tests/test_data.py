@@ -18,7 +18,7 @@ from PIL import Image
 from nsp.cli import main
 from nsp.data.idx import parse_idx, read_idx, write_idx
 from nsp.data.imagefolder import preprocess_pil
-from nsp.data.prepare import prepare_splits, stratified_split
+from nsp.data.prepare import pool_split, prepare_splits, split_with_pool, stratified_split
 from nsp.data.sources import luma
 from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
 from nsp.errors import NSPError
@@ -165,6 +165,70 @@ def test_stratified_split_worked_example():
         stratified_split(
             y, class_names=["a", "b", "c"], labeled_per_class=2, val_per_class=2, seed=0
         )
+
+
+def test_pool_split_worked_example():
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 2, 2, 2])
+    rest, pool = pool_split(y, class_names=["a", "b", "c"], per_class=1, seed=0)
+    assert np.bincount(y[pool], minlength=3).tolist() == [1, 1, 1]
+    assert sorted(np.concatenate([rest, pool]).tolist()) == list(range(11))
+    np.testing.assert_array_equal(
+        pool, pool_split(y, class_names=["a", "b", "c"], per_class=1, seed=0)[1]
+    )
+    rest0, pool0 = pool_split(y, class_names=["a", "b", "c"], per_class=0, seed=0)
+    assert pool0.size == 0 and rest0.tolist() == list(range(11))
+    with pytest.raises(NSPError, match="class 'c' has 3 training images.*a_pool_per_class"):
+        pool_split(y, class_names=["a", "b", "c"], per_class=3, seed=0)
+    # no pool: exactly the plain stratified split
+    plain = stratified_split(
+        y, class_names=["a", "b", "c"], labeled_per_class=1, val_per_class=1, seed=4
+    )
+    same = split_with_pool(y, class_names=["a", "b", "c"], labeled_per_class=1, val_per_class=1,
+                           a_pool_per_class=0, seed=4)  # fmt: skip
+    assert set(same) == set(plain) and all(np.array_equal(same[k], plain[k]) for k in plain)
+
+
+def test_prepare_with_a_pool_holds_it_out_of_every_split(tmp_path, make_idx_dataset):
+    src = make_idx_dataset(tmp_path / "raw")
+    kw = dict(dataset="mnist", data_dir=str(tmp_path / "raw"), labeled_per_class=4, val_per_class=3,
+              seed=0, image_size=32, channels=1, progress=False)  # fmt: skip
+    m = prepare_splits(out_dir=str(tmp_path / "p"), a_pool_per_class=6, **kw)
+    assert m["params"]["a_pool_per_class"] == 6
+    assert m["splits"]["apool"]["per_class"] == [6] * 10 and m["splits"]["apool"]["count"] == 60
+    assert m["splits"]["apool"]["files"] == {"x": "apool_x.npy", "y": "apool_y.npy"}
+    assert m["splits"]["labeled"]["per_class"] == [4] * 10
+    assert m["splits"]["unlabeled"]["per_class"] == [30 - 6 - 7] * 10
+    seen = {s: orig_index(np.asarray(load_split(tmp_path / "p", s).images), 2, 2)
+            for s in ("labeled", "val", "unlabeled", "apool")}  # fmt: skip
+    all_idx = np.concatenate(list(seen.values()))
+    assert len(np.unique(all_idx)) == len(all_idx) == 300  # disjoint and covering
+    pool = load_split(tmp_path / "p", "apool")
+    np.testing.assert_array_equal(pool.labels, src["train_y"][seen["apool"]])
+    read_manifest(tmp_path / "p", verify=True)
+    # a_pool_per_class=0 writes the same bytes as a prepare without the option
+    prepare_splits(out_dir=str(tmp_path / "a"), **kw)
+    prepare_splits(out_dir=str(tmp_path / "b"), a_pool_per_class=0, **kw)
+    names = sorted(q.name for q in (tmp_path / "a").iterdir())
+    assert (
+        names == sorted(q.name for q in (tmp_path / "b").iterdir()) and "apool_x.npy" not in names
+    )
+    for n in names:
+        assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes(), n
+    with pytest.raises(NSPError, match="no 'apool' split") as e:
+        load_split(tmp_path / "a", "apool")
+    assert "a_pool_per_class" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_a_pool_option_and_too_large_pool(tmp_path, capsys, make_idx_dataset):
+    make_idx_dataset(tmp_path / "raw")
+    rc, err = cli(capsys, "--dataset", "mnist", "--data-dir", str(tmp_path / "raw"), "--out",
+                  str(tmp_path / "o"), "--labeled-per-class", "2", "--val-per-class", "2",
+                  "--a-pool-per-class", "3")  # fmt: skip
+    assert rc == 0, err
+    assert read_manifest(tmp_path / "o")["splits"]["apool"]["count"] == 30
+    rc, err = cli(capsys, "--dataset", "mnist", "--data-dir", str(tmp_path / "raw"), "--out",
+                  str(tmp_path / "o2"), "--a-pool-per-class", "30")  # fmt: skip
+    assert rc == 2 and "a_pool_per_class" in err and "\n" not in err
 
 
 def test_channels_3_and_crop(tmp_path, make_idx_dataset):
@@ -523,14 +587,20 @@ def test_help_via_console_script():
 )
 def test_real_fashion_mnist(tmp_path, capsys):
     rc = main(["prepare", "--no-progress", "--out", str(tmp_path / "fm"), "--labeled-per-class", "100",
-               "--val-per-class", "100"])  # fmt: skip
+               "--val-per-class", "100", "--a-pool-per-class", "300"])  # fmt: skip
     line = capsys.readouterr().out.strip()
     assert rc == 0 and line.startswith("prepared fashion_mnist")
     m = read_manifest(tmp_path / "fm")
-    counts = {s: m["splits"][s]["count"] for s in ("labeled", "val", "unlabeled", "test")}
-    assert counts == {"labeled": 1000, "val": 1000, "unlabeled": 58000, "test": 10000}
+    counts = {s: m["splits"][s]["count"] for s in ("labeled", "val", "unlabeled", "test", "apool")}
+    assert counts == {
+        "labeled": 1000,
+        "val": 1000,
+        "unlabeled": 55000,
+        "test": 10000,
+        "apool": 3000,
+    }
     assert m["splits"]["test"]["per_class"] == [1000] * 10
-    assert m["splits"]["unlabeled"]["per_class"] == [5800] * 10
+    assert m["splits"]["unlabeled"]["per_class"] == [5500] * 10
     t = load_split(tmp_path / "fm", "test")
     assert t.images.shape == (10000, 32, 32, 1) and t.image_shape == (32, 32, 1)
     assert not np.asarray(t.images[:, :2]).any() and not np.asarray(t.images[:, :, 30:]).any()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 import yaml
 
 from tests.pipeline_helpers import run
@@ -28,11 +29,7 @@ def test_repro_writes_every_output(tiny_pipeline):
 def test_pseudo_label_stats_are_consistent(tiny_pipeline):
     root = tiny_pipeline["root"]
     manifest = json.loads((root / "data/prepared/manifest.json").read_text())
-    n_unl = (
-        sum(manifest["counts"]["unlabeled"].values())
-        if isinstance(manifest["counts"]["unlabeled"], dict)
-        else manifest["counts"]["unlabeled"]
-    )
+    n_unl = manifest["splits"]["unlabeled"]["count"]
     for gen in ("g1", "g2"):
         d = root / "outputs/pseudo" / gen
         stats = json.loads((d / "stats.json").read_text())
@@ -84,3 +81,83 @@ def test_second_repro_is_noop_and_gen2_change_reruns_only_its_stages(tiny_pipeli
     changed = set(status)
     assert {"pseudo_label@g2", "student@g2"} <= changed, changed
     assert not changed & {"prepare", "teacher", "pseudo_label@g1", "student@g1"}, changed
+
+
+# ------------------------------------------------------------------------------ robustness
+
+
+def test_robustness_sets_are_built_from_the_held_out_pool(tiny_pipeline):
+    import numpy as np
+
+    root = tiny_pipeline["root"]
+    manifest = json.loads((root / "data/prepared/manifest.json").read_text())
+    assert manifest["splits"]["apool"]["count"] == 100  # a_pool_per_class 10 x 10 classes
+    assert manifest["splits"]["unlabeled"]["count"] == 600 - 100 - 200
+    sets = root / "outputs/robustness/sets"
+    summary = json.loads((sets / "summary.json").read_text())
+    assert summary["c"]["images"] == 50 and summary["p"]["images"] == 20
+    assert np.load(sets / "c_fog.npy", mmap_mode="r").shape == (5, 50, 32, 32, 1)
+    assert np.load(sets / "p_translate.npy", mmap_mode="r").shape == (20, 16, 32, 32, 1)
+    pool_x = np.load(root / "data/prepared/apool_x.npy")
+    pool_y = np.load(root / "data/prepared/apool_y.npy")
+    pred = np.load(sets / "a_reference_pool_pred.npy")
+    kept = np.load(sets / "a_pool_index.npy")
+    np.testing.assert_array_equal(kept, np.flatnonzero(pred != pool_y))
+    np.testing.assert_array_equal(np.load(sets / "a_x.npy"), pool_x[kept])
+    m = json.loads((root / "outputs/robustness/sets.metrics.json").read_text())
+    assert m["a_pool_size"] == 100 and m["a_kept"] == len(kept)
+    assert m["a_reference_pool_acc"] == pytest.approx(1 - len(kept) / 100)
+    assert summary["a"]["reference"]["train_images"] == 500  # labeled + val + unlabeled
+
+
+def test_evaluate_stages_write_normalised_metrics_and_report(tiny_pipeline):
+    from nsp.robustness.evaluate import robustness_metrics
+
+    root, env = tiny_pipeline["root"], tiny_pipeline["env"]
+    raw = {
+        n: json.loads((root / f"outputs/robustness/raw/{n}.json").read_text())
+        for n in ("teacher", "g1", "g2", "baseline")
+    }
+    for name in raw:
+        m = json.loads((root / f"outputs/robustness/{name}.metrics.json").read_text())
+        want = robustness_metrics(raw[name], raw["baseline"])
+        for key in ("mce", "rel_mce", "mean_corruption_error", "mfr", "mt5d", "calib_err"):
+            assert m[key] == (None if want[key] is None else pytest.approx(want[key])), key
+        assert m["clean_acc"] == pytest.approx(
+            json.loads((root / f"outputs/models/{name}/metrics.json").read_text())["test_acc"]
+        )
+        errors = pd.read_csv(root / f"outputs/robustness/{name}.errors.csv")
+        assert len(errors) == 19 and errors["benchmark"].sum() == 15
+        assert errors["severity_5"].tolist() == pytest.approx([r[4] for r in raw[name]["c"]["err"]])
+    base = json.loads((root / "outputs/robustness/baseline.metrics.json").read_text())
+    assert base["mce"] == pytest.approx(1.0) and base["normalised_by"] == "baseline"
+    rows = {r["model"]: r for r in json.loads(run(["nsp", "report", "--json"], root, env).stdout)}
+    for name in ("teacher", "g1", "g2", "baseline"):
+        assert {"a_acc", "mce", "rel_mce", "mean_corruption_error", "mfr", "mt5d", "calib_err",
+                "a_calib_err"} <= set(rows[name])  # fmt: skip
+        assert rows[name]["mce"] is not None and rows[name]["mean_corruption_error"] > 0
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    assert {"robustness", "evaluate_raw@g1", "evaluate@g1", "evaluate@baseline"} <= set(lock)
+
+
+def test_evaluate_runs_are_tracked_per_model(tiny_pipeline):
+    import mlflow
+
+    root = tiny_pipeline["root"]
+    c = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("nsp-tiny")
+    runs = c.search_runs([exp.experiment_id], max_results=500)
+    stages = {
+        r.data.tags.get("nsp.stage"): r for r in runs if r.data.tags.get("nsp.kind") == "stage"
+    }
+    ev = stages["evaluate@g2"]
+    assert ev.data.tags["generation"] == "2" and ev.data.tags["model"] == "g2"
+    assert stages["evaluate@teacher"].data.tags["generation"] == "0"
+    m = json.loads((root / "outputs/robustness/g2.metrics.json").read_text())
+    assert ev.data.metrics["mce"] == pytest.approx(m["mce"])
+    assert "g2.errors.csv" in {a.path for a in c.list_artifacts(ev.info.run_id)}
+    rb = stages["robustness"].data.metrics
+    assert (
+        rb["a_kept"]
+        == json.loads((root / "outputs/robustness/sets.metrics.json").read_text())["a_kept"]
+    )

@@ -24,7 +24,7 @@ from ruamel.yaml import YAML
 
 from nsp.cli import main
 from nsp.errors import NSPError
-from nsp.study import apply_trial, load_spec, parse_spec, run_study, show_study, tally
+from nsp.study import load_spec, parse_spec, run_study, tally
 from nsp.study.spec import check_against_params
 from nsp.study.storage import load_study_readonly, open_study
 
@@ -263,7 +263,7 @@ def test_two_workers_account_for_every_trial(project, storage, capsys):
     assert f"trials: {len(trials)} (COMPLETE {c['COMPLETE']}, PRUNED 0, FAIL {c['FAIL']}" in out
 
 
-def test_pruning_show_and_apply(project, capsys):
+def test_pruning_and_show(project, capsys):
     lr = {"lr": {"key": "student.lr", "type": "float", "low": 1e-6, "high": 0.2, "log": True}}
     spec = write_spec(
         "prune",
@@ -289,42 +289,37 @@ def test_pruning_show_and_apply(project, capsys):
     assert [m.step for m in hist] == [1, 2, 3]
     assert [m.value for m in hist] == [best.intermediate_values[e] for e in (1, 2, 3)]
 
+    capsys.readouterr()
     assert main(["study", "show", "prune"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "study prune (sqlite:///studies/prune.db): maximize val_acc"
     assert f"best trial: {best.number} (val_acc={best.value:.4f})" in out
-    row = next(line for line in out.splitlines() if line.split()[:2] == [str(best.number), "COMPLETE"])
+    row = next(
+        line for line in out.splitlines() if line.split()[:2] == [str(best.number), "COMPLETE"]
+    )
     assert row.split()[2] == f"{best.value:.4f}"
 
-    before = Path("params.yaml").read_text()
-    Path("p2.yaml").write_text(before)
-    assert main(["study", "apply", "prune", "--trial", str(best.number), "--params", "p2.yaml"]) == 0
-    after = Path("p2.yaml").read_text()
-    changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
-    assert len(changed) == 2  # exactly the two search-space lines; comments and order intact
-    assert {b.split(":")[0].strip() for _, b in changed} == {"lr", "dropout"}
-    assert [ln for ln in before.splitlines() if "#" in ln] == [ln for ln in after.splitlines() if "#" in ln]
-    p2 = yaml.safe_load(after)
-    assert p2["student"]["lr"] == best.params["lr"]
-    assert p2["student"]["noise"]["dropout"] == best.params["dropout"]
-    p2["student"]["lr"], p2["student"]["noise"]["dropout"] = params()["student"]["lr"], 0.1
-    assert p2 == params()
+    Path("p2.yaml").write_text(Path("params.yaml").read_text())
     pruned_n = pruned[0].number
     assert main(["study", "apply", "prune", "--trial", str(pruned_n), "--params", "p2.yaml"]) == 2
     assert "is PRUNED; apply a COMPLETE trial" in capsys.readouterr().err
 
 
-def test_multi_objective_returns_the_pareto_front(project, capsys):
+def test_multi_objective_pareto_front_and_apply(project, capsys):
     spec = write_spec(
         "pareto",
         objectives=["maximize val_acc", "minimize corruption_error"],
         robustness={"images": 24, "corruptions": ["gaussian_noise", "contrast"], "severity": 3},
         search_space={"dropout": SPACE["dropout"], "threshold": SPACE["threshold"]},
     )
-    run_study(load_spec(spec), params(), n_trials=4, workers=1)
+    untracked = {**params(), "tracking": {**params()["tracking"], "enabled": False}}
+    run_study(load_spec(spec), untracked, n_trials=4, workers=1)
     study = load_study_readonly("sqlite:///studies/pareto.db", "pareto")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 4
+    # tracking.enabled: false -> no MLflow parent run, no trial runs
+    assert study.user_attrs["mlflow_parent_run_id"] == ""
+    assert not any("mlflow_run_id" in t.user_attrs for t in study.trials)
 
     def dominated(a, b):  # b dominates a
         better = b.values[0] >= a.values[0] and b.values[1] <= a.values[1]
@@ -334,10 +329,30 @@ def test_multi_objective_returns_the_pareto_front(project, capsys):
     assert {t.number for t in study.best_trials} == front
     for t in done:
         assert 0.0 <= t.values[1] <= 1.0 and len(t.intermediate_values) == 0
+    capsys.readouterr()
     assert main(["study", "show", "pareto"]) == 0
     out = capsys.readouterr().out
     assert "maximize val_acc, minimize corruption_error" in out
     assert f"Pareto front ({len(front)} trials):" in out
+    # apply a Pareto trial other than the baseline (whose values equal params.yaml already)
+    pick = min([t for t in study.best_trials if t.number > 0] or done[1:], key=lambda t: t.number)
+    before = Path("params.yaml").read_text()
+    Path("p2.yaml").write_text(before)
+    assert (
+        main(["study", "apply", "pareto", "--trial", str(pick.number), "--params", "p2.yaml"]) == 0
+    )
+    after = Path("p2.yaml").read_text()
+    pairs = zip(before.splitlines(), after.splitlines(), strict=True)
+    changed = [(a, b) for a, b in pairs if a != b]
+    assert len(changed) == 2  # exactly the two search-space lines; comments and order intact
+    assert {b.split(":")[0].strip() for _, b in changed} == {"threshold", "dropout"}
+    for a, b in changed:  # the inline comment (if any) survives on the edited line
+        assert a.partition("#")[2] == b.partition("#")[2]
+    p2 = yaml.safe_load(after)
+    assert p2["student"]["pseudo"]["threshold"] == pick.params["threshold"]
+    assert p2["student"]["noise"]["dropout"] == pick.params["dropout"]
+    p2["student"]["pseudo"]["threshold"], p2["student"]["noise"]["dropout"] = 0.3, 0.1
+    assert p2 == params()
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])

@@ -28,8 +28,16 @@ DEFAULTS: dict[str, Any] = {
     "verify_images": "full",
     "hash_images": False,
     "workers": None,
+    "a_pool_per_class": 0,
 }
-_INT_KEYS = ("labeled_per_class", "val_per_class", "seed", "image_size", "channels")
+_INT_KEYS = (
+    "labeled_per_class",
+    "val_per_class",
+    "seed",
+    "image_size",
+    "channels",
+    "a_pool_per_class",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", dest="out_dir", help="output directory (default: data/prepared)")
     parser.add_argument("--labeled-per-class", type=int, help="labeled images per class")
     parser.add_argument("--val-per-class", type=int, help="validation images per class")
+    parser.add_argument(
+        "--a-pool-per-class",
+        type=int,
+        help="training images per class held out as the -A candidate pool (0: none)",
+    )
     parser.add_argument("--seed", type=int, help="split seed")
     parser.add_argument("--image-size", type=int, help="output side length in pixels")
     parser.add_argument(
@@ -116,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     m = prepare_splits(**params, progress=not args.no_progress)
     dt = time.perf_counter() - t0
     counts = " ".join(
-        f"{s}={m['splits'][s]['count']}" for s in ("labeled", "val", "unlabeled", "test")
+        f"{s}={m['splits'][s]['count']}"
+        for s in ("labeled", "val", "unlabeled", "test", "apool")
+        if s in m["splits"]
     )
     skipped = m.get("skipped_corrupt", {}).get("count", 0)
     extra = f" skipped_corrupt={skipped}" if skipped else ""

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         from nsp.errors import NSPError
 
         raise NSPError(f"--workers must be >= 1 (got {args.workers})")
-    run_study(
+    counts = run_study(
         spec,
         params,
         params_path=args.params,
@@ -88,4 +88,4 @@ def run(args: argparse.Namespace) -> int:
         seed_offset=args.seed_offset,
     )
     print(show_study(spec.name, spec_path=args.spec), end="")
-    return 0
+    return 1 if counts["worker_errors"] else 0

@@ -4,6 +4,11 @@ Output (``out_dir``): per split either ``<split>_x.npy`` (+ ``<split>_y.npy``) f
 ``<split>.csv`` manifests (lazy ImageFolder); the unlabeled split's true labels go only to
 ``unlabeled_truth.npy`` (for reporting pseudo-label accuracy); ``manifest.json`` records the source,
 parameters, class names, per-class counts, shapes and the sha256 of every file.
+
+With ``a_pool_per_class > 0`` that many training images per class are held out first (before the
+labeled / val / unlabeled draw) as the ``apool`` split (``apool_x.npy`` / ``apool_y.npy``): the
+candidate pool from which the robustness stage filters its natural-adversarial (-A) set. With 0 no
+pool is drawn and every output is byte-identical to a prepare without the option.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from nsp.errors import NSPError
 
 FORMAT = "nsp-prepared/1"
 SPLITS: tuple[str, ...] = ("labeled", "val", "unlabeled", "test")
+POOL_SPLIT = "apool"
 MATERIALIZE_LIMIT_BYTES = 2_000_000_000
 
 
@@ -58,6 +64,61 @@ def stratified_split(
     return {k: np.sort(np.concatenate(v)).astype(np.int64) for k, v in parts.items()}
 
 
+def pool_split(
+    labels: np.ndarray, *, class_names: list[str], per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted int64 ``(rest, pool)`` indices: ``per_class`` images of every class go to the pool.
+
+    Per class one seeded permutation (``default_rng([seed, 2])``, independent of the labeled/val
+    draw); its first ``per_class`` indices form the pool. ``per_class == 0``: empty pool.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    per_class = int(per_class)
+    if per_class <= 0:
+        return np.arange(len(labels), dtype=np.int64), np.zeros(0, np.int64)
+    rng = np.random.default_rng([seed, 2])
+    pool = []
+    for c, name in enumerate(class_names):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= per_class:
+            raise NSPError(
+                f"class {name!r} has {len(idx)} training images, too few to hold out "
+                f"a_pool_per_class = {per_class} and keep training images; lower prepare.a_pool_per_class"
+            )
+        pool.append(idx[rng.permutation(len(idx))[:per_class]])
+    pool_idx = np.sort(np.concatenate(pool)).astype(np.int64)
+    rest = np.setdiff1d(np.arange(len(labels), dtype=np.int64), pool_idx, assume_unique=True)
+    return rest, pool_idx
+
+
+def split_with_pool(
+    labels: np.ndarray,
+    *,
+    class_names: list[str],
+    labeled_per_class: int,
+    val_per_class: int,
+    a_pool_per_class: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """:func:`pool_split` then :func:`stratified_split` of the rest; indices into ``labels``.
+
+    Returns ``labeled``, ``val``, ``unlabeled`` (+ ``apool`` when ``a_pool_per_class > 0``). With no
+    pool the result equals ``stratified_split(labels, ...)``.
+    """
+    rest, pool = pool_split(labels, class_names=class_names, per_class=a_pool_per_class, seed=seed)
+    idx = stratified_split(
+        np.asarray(labels, dtype=np.int64)[rest],
+        class_names=class_names,
+        labeled_per_class=labeled_per_class,
+        val_per_class=val_per_class,
+        seed=seed,
+    )
+    out = {k: rest[v] for k, v in idx.items()}
+    if len(pool):
+        out[POOL_SPLIT] = pool
+    return out
+
+
 def holdout_split(
     labels: np.ndarray, *, num_classes: int, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +141,12 @@ def _check_params(
     image_size: int,
     channels: int,
     test_fraction: float,
+    a_pool_per_class: int = 0,
 ) -> None:
+    if int(a_pool_per_class) < 0:
+        raise NSPError(
+            f"a_pool_per_class must be >= 0 (got {a_pool_per_class}); fix prepare.a_pool_per_class"
+        )
     if int(labeled_per_class) < 1:
         raise NSPError(
             f"labeled_per_class must be >= 1 (got {labeled_per_class}); fix --labeled-per-class"
@@ -155,6 +221,7 @@ def prepare_splits(
     verify_images: str = "full",
     hash_images: bool = False,
     workers: int | None = None,
+    a_pool_per_class: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Split ``dataset`` into labeled / val / unlabeled / test under ``out_dir``; return the manifest.
@@ -166,6 +233,7 @@ def prepare_splits(
     held out per class when an ImageFolder tree has no test/val folder. ``skip_corrupt`` skips (and
     counts) undecodable images instead of failing. ``verify_images`` ('full' | 'header') is how lazy
     scans check files; ``hash_images`` records each file's sha256 in lazy manifests.
+    ``a_pool_per_class`` training images per class are held out as the ``apool`` split (-A pool).
     """
     from nsp.data.sources import check_dataset, resolve_data_dir
 
@@ -176,6 +244,7 @@ def prepare_splits(
         image_size=image_size,
         channels=channels,
         test_fraction=test_fraction,
+        a_pool_per_class=a_pool_per_class,
     )
     if fit not in ("pad", "resize"):
         raise NSPError(f"unknown fit {fit!r} (prepare.fit); use 'pad' or 'resize'")
@@ -207,6 +276,8 @@ def prepare_splits(
         "image_size": int(image_size),
         "channels": int(channels),
     }
+    if int(a_pool_per_class) > 0:  # absent when 0: the manifest stays byte-identical
+        params["a_pool_per_class"] = int(a_pool_per_class)
     if dataset == "imagefolder":
         params.update(
             materialize=mat,
@@ -245,11 +316,12 @@ def _stage_arrays(dataset: str, root: Path, *, params: dict[str, Any]) -> dict[s
     from nsp.io import sha256_file
 
     src = load_array_source(dataset, root)
-    idx = stratified_split(
+    idx = split_with_pool(
         src.train_y,
         class_names=src.class_names,
         labeled_per_class=params["labeled_per_class"],
         val_per_class=params["val_per_class"],
+        a_pool_per_class=params.get("a_pool_per_class", 0),
         seed=params["seed"],
     )
     kw = dict(image_size=params["image_size"], channels=params["channels"], fit=params["fit"])
@@ -346,11 +418,12 @@ def _stage_imagefolder(
             [train_res[i] for i in tr],
         )
 
-    idx = stratified_split(
+    idx = split_with_pool(
         train_y,
         class_names=names,
         labeled_per_class=params["labeled_per_class"],
         val_per_class=params["val_per_class"],
+        a_pool_per_class=params.get("a_pool_per_class", 0),
         seed=params["seed"],
     )
     staged: dict[str, Any] = {
@@ -396,7 +469,8 @@ def _write(tmp: Path, staged: dict[str, Any]) -> dict[str, Any]:
     names = staged["class_names"]
     p = staged["params"]
     splits: dict[str, Any] = {}
-    for split in SPLITS:
+    store = staged["arrays"] if staged["storage"] == "array" else staged["rows"]
+    for split in SPLITS + ((POOL_SPLIT,) if POOL_SPLIT in store else ()):
         files: dict[str, str] = {}
         if staged["storage"] == "array":
             x, y = staged["arrays"][split]

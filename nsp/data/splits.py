@@ -19,6 +19,8 @@ from nsp.data.sources import one_line
 from nsp.errors import NSPError
 
 SPLITS: tuple[str, ...] = ("labeled", "val", "unlabeled", "test")
+#: Optional split written by ``prepare`` with ``a_pool_per_class > 0``: the -A candidate pool.
+POOL_SPLIT = "apool"
 
 
 def read_manifest(prepared_dir: str | os.PathLike, *, verify: bool = False) -> dict[str, Any]:
@@ -85,15 +87,20 @@ def _load_npy(path: Path, *, mmap: bool) -> np.ndarray:
 def load_split(
     prepared_dir: str | os.PathLike, split: str, *, data_root: str | os.PathLike | None = None
 ) -> Split:
-    """Open ``split`` (labeled | val | unlabeled | test) of a prepared dir.
+    """Open ``split`` (labeled | val | unlabeled | test, or apool when prepared) of a prepared dir.
 
     In-memory format: images are ``np.load(mmap_mode='r')``. Lazy ImageFolder format: images decode on
     access from ``data_root`` (default: the manifest's ``source_dir``).
     """
-    if split not in SPLITS:
-        raise NSPError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split not in (*SPLITS, POOL_SPLIT):
+        raise NSPError(f"unknown split {split!r}; use one of {', '.join((*SPLITS, POOL_SPLIT))}")
     d = Path(prepared_dir)
     m = read_manifest(d)
+    if split not in m["splits"]:
+        raise NSPError(
+            f"{d / 'manifest.json'} has no {split!r} split (prepare.a_pool_per_class is 0); "
+            "set prepare.a_pool_per_class > 0 and re-run `nsp prepare`"
+        )
     names = list(m["class_names"])
     shape = tuple(int(v) for v in m["image_shape"])
     info = m["splits"][split]

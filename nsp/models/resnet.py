@@ -27,7 +27,7 @@ SPECS: dict[str, ResNetSpec] = {
     "nsp_resnet_xs": ResNetSpec(stem=16, widths=(24, 48, 96), depths=(1, 1, 1)),
     "nsp_resnet_s": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(1, 1, 1)),
     "nsp_resnet_m": ResNetSpec(stem=32, widths=(48, 96, 192), depths=(1, 1, 1)),
-    "nsp_resnet_l": ResNetSpec(stem=32, widths=(64, 128, 256), depths=(1, 2, 1)),
+    "nsp_resnet_l": ResNetSpec(stem=32, widths=(56, 112, 224), depths=(1, 1, 1)),
 }
 
 

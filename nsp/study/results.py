@@ -38,12 +38,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+def _table(rows: list[list[str]], header: list[str], left: tuple[str, ...] = ("state",)) -> str:
+    """Fixed-width text table; columns named in ``left`` are left-aligned, the rest right-aligned."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return "\n".join(lines)
+
+    def line(cells: list[str]) -> str:
+        parts = [
+            c.ljust(w) if h in left else c.rjust(w)
+            for c, w, h in zip(cells, widths, header, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(header), *[line(r) for r in rows]])
 
 
 def trials_table(trials: list[FrozenTrial], metric_names: list[str]) -> str:

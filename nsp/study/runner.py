@@ -68,18 +68,22 @@ def prepare_study(
     from nsp.tracking.studies import ensure_study_run
 
     check_against_params(spec, params)
-    study, _ = open_study(
+    study, created = open_study(
         spec,
         params=params,
         worker_index=worker_index,
         stale_callback=_stale_callback(params, spec.heartbeat["max_retry"]) if stale else None,
     )
-    run_id = study.user_attrs.get(PARENT_ATTR)
+    # the creator opens the MLflow parent run; others wait for its id (no duplicate parents)
+    deadline = time.time() + 60
+    while not created and PARENT_ATTR not in study.user_attrs and time.time() < deadline:
+        time.sleep(0.5)
+    run_id = study.user_attrs.get(PARENT_ATTR) or None
     new = ensure_study_run(
         params, study_name=spec.name, storage=spec.storage, spec=spec.raw, run_id=run_id
     )
-    if new is not None and new != run_id:
-        study.set_user_attr(PARENT_ATTR, new)
+    if new != run_id or PARENT_ATTR not in study.user_attrs:
+        study.set_user_attr(PARENT_ATTR, new or "")
     return study
 
 
@@ -98,7 +102,7 @@ def _objective(ctx: Any, study_name: str, worker_index: int) -> Any:
         values = spec.sample(trial)
         trial.set_user_attr("worker_pid", os.getpid())
         trial.set_user_attr("worker_host", os.uname().nodename)
-        parent = trial.study.user_attrs.get(PARENT_ATTR)
+        parent = trial.study.user_attrs.get(PARENT_ATTR) or None
         with trial_run(
             params,
             parent_run_id=parent,
@@ -202,6 +206,7 @@ def run_study(
     timeout = timeout if timeout is not None else spec.timeout
     deadline = None if timeout is None else time.time() + timeout
     study = prepare_study(spec, params, worker_index=seed_offset)
+    bad: list[int] = []
     if workers <= 1:
         run_worker(
             spec,
@@ -239,6 +244,7 @@ def run_study(
             print(f"[study] {len(bad)} worker(s) exited with codes {bad}", file=sys.stderr)
     trials = study.get_trials(deepcopy=False)
     counts = tally(trials)
+    counts["worker_errors"] = len(bad)
     best = [summarize(t, spec.metric_names) for t in best_trials(study)]
     if best:
         record_best(
@@ -246,7 +252,7 @@ def run_study(
             parent_run_id=study.user_attrs.get(PARENT_ATTR),
             metric_names=spec.metric_names,
             best=best,
-            counts={k: v for k, v in counts.items() if k != "done"},
+            counts={k: v for k, v in counts.items() if k not in ("done", "worker_errors")},
         )
     return counts
 

@@ -38,10 +38,45 @@ def enabled(params: dict[str, Any]) -> bool:
     return settings(params)["enabled"]
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise first use of a sqlite store across local processes (schema creation races)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri[len("sqlite:///") :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_READY: dict[tuple[str, str], str] = {}
+
+
 def _client(params: dict[str, Any]) -> tuple[Any, str]:
+    """(MlflowClient, id of the studies experiment); the store is initialised once per process."""
     cfg = settings(params)
-    mlflow = connect(cfg["uri"])
-    exp_id = _retry(_experiment_id, mlflow, cfg["experiment"] + STUDY_SUFFIX, cfg["uri"])
+    name = cfg["experiment"] + STUDY_SUFFIX
+    key = (cfg["uri"], name)
+    if key in _READY:
+        mlflow = connect(cfg["uri"])
+        return mlflow.MlflowClient(), _READY[key]
+    with _store_lock(cfg["uri"]):
+        mlflow = connect(cfg["uri"])
+        try:
+            exp_id = _retry(_experiment_id, mlflow, name, cfg["uri"])
+        except Exception:
+            exp = mlflow.get_experiment_by_name(name)  # another machine created it meanwhile
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    _READY[key] = exp_id
     return mlflow.MlflowClient(), exp_id
 
 

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,22 @@ class _Ema:
             e.copy_(m)
 
 
+def _dist() -> tuple[int, int]:
+    """(rank, world_size) when torch.distributed is initialised (torchrun), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    from nsp.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
 def train_model(
     *,
     cfg: TrainConfig,
@@ -169,8 +186,17 @@ def train_model(
     init_state: dict[str, torch.Tensor] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = True,
+    state_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train one model; returns ``{"model", "history", "metrics"}`` (model = best-on-val weights)."""
+    """Train one model; returns ``{"model", "history", "metrics"}`` (model = best-on-val weights).
+
+    ``state_path``: every epoch the full training state (weights, optimizer, EMA, RNG and sampler states,
+    step, history) is written there atomically; if it exists at start, training resumes from it.
+    Under torchrun (torch.distributed initialised) each rank takes its slice of every global batch (the
+    noise is drawn for the global batch, so results match one process), BN is synchronised and gradients
+    are averaged by DDP.
+    """
+    rank, world = _dist()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     in_chans = labeled_x.shape[1]
@@ -189,10 +215,11 @@ def train_model(
         model.load_state_dict(init_state)
     noise = _Noise(cfg)
     lab = _EpochSampler(len(labeled_x), cfg.batch_size, gen)
+    unl = None
     if pseudo is not None:
         stream = torch.repeat_interleave(torch.arange(len(pseudo.index)), pseudo.counts)
         if len(stream) == 0:
-            raise NSPError(f"{cfg.name}: the pseudo-label set keeps no images; lower threshold")
+            raise NSPError(f"{cfg.name}: the pseudo-label set keeps no images; lower the threshold")
         ub = max(1, int(round(cfg.batch_size * cfg.unlabeled_ratio)))
         unl = _EpochSampler(len(stream), ub, gen)
         steps_per_epoch = math.ceil(len(stream) / ub)
@@ -201,7 +228,6 @@ def train_model(
     total = max(cfg.epochs * steps_per_epoch, cfg.min_steps)
     epochs = math.ceil(total / steps_per_epoch)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    base_lr = cfg.lr
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -210,36 +236,81 @@ def train_model(
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
-        lr=base_lr,
+        lr=cfg.lr,
         momentum=cfg.momentum,
         nesterov=True,
     )
     ema = _Ema(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     history: list[dict[str, Any]] = []
-    best = {"val_acc": -1.0, "epoch": 0, "state": None}
-    t0 = time.perf_counter()
-    seen = 0
+    best: dict[str, Any] = {"val_acc": -1.0, "epoch": 0, "state": None}
+    start, seen, elapsed = 0, 0, 0.0
+    state_path = Path(state_path) if state_path else None
+    if state_path is not None and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        if st.get("config") != cfg_fingerprint(cfg, total):
+            raise NSPError(
+                f"{state_path}: a training state from a different config; delete it to start over"
+            )
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        if ema is not None:
+            ema.model.load_state_dict(st["ema"])
+        gen.set_state(st["gen"])
+        torch.set_rng_state(st["torch_rng"])
+        lab.perm, lab.pos = st["lab"]
+        if unl is not None:
+            unl.perm, unl.pos = st["unl"]
+        start, seen, elapsed = st["step"], st["seen"], st["elapsed"]
+        history, best = st["history"], st["best"]
+    train_net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_net = DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model))
+        model = train_net.module
+        if ema is not None:
+            ema.model = copy.deepcopy(model).eval()
+            for p in ema.model.parameters():
+                p.requires_grad_(False)
+    t0 = time.perf_counter() - elapsed
     model.train()
-    bar = tqdm(total=total, desc=f"train {cfg.name}", disable=not progress, leave=False)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=f"train {cfg.name}",
+        disable=not progress or rank > 0,
+        leave=False,
+    )
     run_loss = run_lab = run_unl = 0.0
-    for step in range(total):
+    for step in range(start, total):
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, total=total, warmup=warmup, base_lr=base_lr)
+            g["lr"] = lr_at(step, total=total, warmup=warmup, base_lr=cfg.lr)
         li = lab.next()
         xb, yb = labeled_x[li], labeled_y[li]
+        n_lab = len(xb)
         if pseudo is not None:
             rows = stream[unl.next()]
-            xu = pseudo.images[pseudo.index[rows]]
+            x = torch.cat([xb, pseudo.images[pseudo.index[rows]]])
             tu = pseudo.targets[rows]
-            x = torch.cat([xb, xu])
         else:
             x = xb
         x = noise(x, gen)
-        logits = model(x)
-        loss_l = F.cross_entropy(logits[: len(xb)], yb, label_smoothing=cfg.label_smoothing)
+        if world > 1:  # this rank's slice of the labeled and of the unlabeled part
+            lsl = slice(rank * n_lab // world, (rank + 1) * n_lab // world)
+            yb = yb[lsl]
+            if pseudo is not None:
+                nu = len(tu)
+                usl = slice(rank * nu // world, (rank + 1) * nu // world)
+                x = torch.cat([x[:n_lab][lsl], x[n_lab:][usl]])
+                tu = tu[usl]
+            else:
+                x = x[lsl]
+            n_lab = len(yb)
+        logits = train_net(x)
+        loss_l = F.cross_entropy(logits[:n_lab], yb, label_smoothing=cfg.label_smoothing)
         loss = loss_l
         if pseudo is not None:
-            loss_u = -(tu * F.log_softmax(logits[len(xb) :], dim=1)).sum(1).mean()
+            loss_u = -(tu * F.log_softmax(logits[n_lab:], dim=1)).sum(1).mean()
             loss = loss_l + cfg.unlabeled_weight * loss_u
             run_unl += float(loss_u.detach())
         if not torch.isfinite(loss):
@@ -251,7 +322,7 @@ def train_model(
         opt.step()
         if ema is not None:
             ema.update(model, step)
-        seen += len(x)
+        seen += len(x) * world
         run_loss += float(loss.detach())
         run_lab += float(loss_l.detach())
         bar.update(1)
@@ -279,8 +350,27 @@ def train_model(
                     "state": copy.deepcopy(evaluated.state_dict()),
                 }
             bar.set_postfix(val_acc=f"{val_acc:.4f}")
-            if on_epoch is not None:
+            if on_epoch is not None and rank == 0:
                 on_epoch(rec)
+            if state_path is not None and rank == 0:
+                _save_state(
+                    state_path,
+                    {
+                        "config": cfg_fingerprint(cfg, total),
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "ema": ema.model.state_dict() if ema is not None else None,
+                        "gen": gen.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "lab": (lab.perm, lab.pos),
+                        "unl": (unl.perm, unl.pos) if unl is not None else None,
+                        "step": step + 1,
+                        "seen": seen,
+                        "elapsed": time.perf_counter() - t0,
+                        "history": history,
+                        "best": best,
+                    },
+                )
     bar.close()
     seconds = time.perf_counter() - t0
     final = ema.model if ema is not None else model
@@ -297,3 +387,12 @@ def train_model(
         "train_img_per_s": seen / seconds if seconds > 0 else 0.0,
     }
     return {"model": final, "history": history, "metrics": metrics}
+
+
+def cfg_fingerprint(cfg: TrainConfig, total: int) -> str:
+    """Identifies the run a saved training state belongs to (config + total steps)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    return hashlib.sha256(json.dumps([asdict(cfg), total], sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""NSP Streamlit dashboard (read-only views of the MLflow store, Optuna studies and DVC metrics)."""

@@ -1,0 +1,48 @@
+"""Perturbations: flip rate (FR) and top-5 distance (T5D) per perturbation and generation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import plotly.express as px  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from app import data as D  # noqa: E402
+from app import ui  # noqa: E402
+
+TITLES = {"fr": "Flip rate (FR)", "t5d": "Top-5 distance (T5D)"}
+
+
+def main() -> None:
+    t0 = ui.page("Perturbations", "📹")
+    ctx = ui.pipeline_context()
+    if ctx is None:
+        return ui.footer(t0)
+    df = D.perturbation_rates(ctx["uri"], ctx["experiment_id"], ctx["run_id"], ctx["root"])
+    if df.empty:
+        ui.friendly(
+            "No perturbation metrics (FR / T5D per perturbation from `evaluate@<model>` runs or "
+            "`outputs/robustness/<model>.metrics.json`) for this pipeline run yet."
+        )
+        return ui.footer(t0)
+    models = ui.models_picker(D.model_order(df["model"].tolist()), key="pert_models")
+    df = df[df["model"].isin(models)]
+    for metric in ("fr", "t5d"):
+        sub = df[df["metric"] == metric]
+        if sub.empty:
+            continue
+        st.subheader(TITLES[metric])
+        fig = px.bar(sub, x="perturbation", y="value", color="model", barmode="group")
+        fig.update_layout(height=360, yaxis_title=metric)
+        st.plotly_chart(fig, key=f"bar_{metric}")
+        table = sub.pivot_table(index="perturbation", columns="model", values="value", sort=False)
+        table = table[[m for m in models if m in table.columns]]
+        table.loc[f"m{metric.upper()}"] = table.mean()
+        st.dataframe(table, key=f"table_{metric}")
+    ui.footer(t0)
+
+
+main()

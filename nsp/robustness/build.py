@@ -1,0 +1,484 @@
+"""Build the robustness sets once (the ``robustness`` DVC stage): -C, -P and -A.
+
+* **-C**: ``c_images`` seeded test images, every corruption of :data:`CORRUPTIONS` at severities 1..5
+  (``c_<corruption>.npy``: uint8 ``(5, N, H, W, C)``, severity ``s`` at row ``s - 1``).
+* **-P**: ``p_images`` seeded test images, every perturbation of :data:`PERTURBATIONS`
+  (``p_<perturbation>.npy``: uint8 ``(N, T, H, W, C)``, frame 0 first).
+* **-A** (adversarial filtration, as ImageNet-A was built with a fixed ResNet-50): a reference
+  classifier independent of the Noisy Student chain (own arch and seed) is trained on every training
+  label (labeled + val + unlabeled with its true labels); the pool images of ``prepare``'s ``apool``
+  split (disjoint from every training and test image) that it **misclassifies** form the -A set
+  (``a_x.npy``, ``a_y.npy``, ``a_pool_index.npy``).
+
+``summary.json`` records sizes, seeds, the reference model's pool accuracy and every file's sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nsp.config import NoiseConfig, TrainConfig
+from nsp.errors import NSPError
+from nsp.io import sha256_file, write_json
+from nsp.robustness.corruptions import (
+    BENCHMARK_CORRUPTIONS,
+    CORRUPTIONS,
+    HELDOUT_CORRUPTIONS,
+    SEVERITIES,
+    corrupt,
+)
+from nsp.robustness.perturbations import (
+    PERTURBATIONS,
+    TEST_PERTURBATIONS,
+    num_frames,
+    perturb_sequence,
+)
+
+FORMAT = "nsp-robustness-sets/1"
+SUMMARY = "summary.json"
+REFERENCE_CKPT = "a_reference.pt"
+
+__all__ = [
+    "FORMAT",
+    "SetsConfig",
+    "adversarial_filter",
+    "build_sets",
+    "load_summary",
+    "reference_config",
+    "sets_config",
+    "subset_indices",
+    "train_reference",
+]
+
+
+def reference_config(**overrides: Any) -> TrainConfig:
+    """Default -A reference training: a few epochs, light noise (crop + flip), its own seed."""
+    base = TrainConfig(
+        name="a_reference",
+        arch="nsp_resnet_xs",
+        epochs=2,
+        batch_size=256,
+        lr=0.2,
+        warmup_epochs=0.1,
+        ema_decay=0.99,
+        seed=1234,
+        noise=NoiseConfig(randaugment=False, crop_flip=True, flip=True, dropout=0.0, drop_path=0.0),
+    )
+    for k, v in overrides.items():
+        setattr(base, k, v)
+    return base
+
+
+@dataclass
+class SetsConfig:
+    """The ``robustness:`` section of params.yaml."""
+
+    seed: int = 0
+    c_images: int = 2000
+    p_images: int = 1000
+    reference: TrainConfig = field(default_factory=reference_config)
+
+    def validate(self) -> None:
+        for key in ("c_images", "p_images"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NSPError(
+                    f"params.yaml: robustness.{key} must be an integer >= 1 (got {v!r}); fix it"
+                )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise NSPError(
+                f"params.yaml: robustness.seed must be an integer >= 0 (got {self.seed!r}); fix it"
+            )
+        self.reference.validate()
+
+
+def sets_config(params: dict[str, Any]) -> SetsConfig:
+    """Resolve ``robustness:`` (keys seed, c_images, p_images, a_reference: {TrainConfig keys})."""
+    from nsp.config import _build
+
+    sec = dict(params.get("robustness") or {})
+    ref_sec = sec.pop("a_reference", None) or {}
+    known = {"seed", "c_images", "p_images"}
+    unknown = sorted(set(sec) - known)
+    if unknown:
+        raise NSPError(
+            f"params.yaml: unknown key robustness.{unknown[0]}; valid keys: "
+            f"{sorted(known | {'a_reference'})}"
+        )
+    if not isinstance(ref_sec, dict):
+        raise NSPError("params.yaml: robustness.a_reference must be a mapping of training keys")
+    default = reference_config()
+    ref_noise = {f: getattr(default.noise, f) for f in NoiseConfig.__dataclass_fields__}
+    ref_noise.update(ref_sec.pop("noise", None) or {})
+    merged = {
+        f: getattr(default, f) for f in TrainConfig.__dataclass_fields__ if f not in ("noise",)
+    }
+    merged.update(ref_sec)
+    merged["name"] = "robustness.a_reference"
+    ref = _build(TrainConfig, {**merged, "noise": ref_noise}, "robustness.a_reference")
+    cfg = SetsConfig(reference=ref, **sec)
+    cfg.validate()
+    return cfg
+
+
+# --------------------------------------------------------------------------------- pure parts
+
+
+def subset_indices(n: int, k: int, *, seed: int, stream: int) -> np.ndarray:
+    """Sorted seeded choice of ``min(k, n)`` distinct indices of ``range(n)``.
+
+    ``stream`` separates independent draws of one seed (0: -C images, 1: -P images).
+    """
+    k = min(int(k), int(n))
+    rng = np.random.default_rng([int(seed), int(stream)])
+    return np.sort(rng.choice(int(n), size=k, replace=False)).astype(np.int64)
+
+
+def adversarial_filter(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the pool images the reference model misclassifies: the -A set."""
+    pred = np.asarray(predictions)
+    lab = np.asarray(labels)
+    if pred.shape != lab.shape or pred.ndim != 1:
+        raise NSPError(
+            f"adversarial_filter: predictions {pred.shape} and labels {lab.shape} must be equal 1-D"
+        )
+    return np.flatnonzero(pred != lab).astype(np.int64)
+
+
+def train_reference(
+    *,
+    cfg: TrainConfig,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the fixed -A reference classifier (uint8 NCHW inputs); returns train_model's dict."""
+    from nsp.train.engine import train_model
+
+    return train_model(
+        cfg=cfg,
+        labeled_x=train_x,
+        labeled_y=train_y,
+        val_x=val_x,
+        val_y=val_y,
+        num_classes=num_classes,
+        progress=progress,
+    )
+
+
+def _save_reference(
+    path: Path,
+    *,
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    metrics: dict[str, Any],
+    in_chans: int,
+    class_names: list[str],
+) -> None:
+    """An NSP checkpoint of the reference model, byte-deterministic.
+
+    ``torch.save`` to a path names the zip records after the file (here a random temp name), so the
+    checkpoint is re-serialised through a file object (records under ``archive/``).
+    """
+    from nsp import config as C
+    from nsp.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(
+        path,
+        model=model,
+        arch=cfg.arch,
+        num_classes=len(class_names),
+        in_chans=in_chans,
+        config=C.to_dict(cfg),
+        metrics={k: v for k, v in metrics.items() if "seconds" not in k and "per_s" not in k},
+        class_names=class_names,
+    )
+    payload = load_checkpoint(path)
+    with open(path, "wb") as fh:
+        torch.save(payload, fh)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _nhwc_to_nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+
+
+def build_sets(
+    *,
+    out_dir: str | os.PathLike,
+    cfg: SetsConfig,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    pool_x: np.ndarray,
+    pool_y: np.ndarray,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    class_names: list[str],
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the -C, -P and -A sets into ``out_dir`` (replaced only when complete); return the summary.
+
+    Images are uint8 ``(N, H, W, C)`` numpy arrays; labels int. ``train_*`` is every training label
+    (for the -A reference), ``val_*`` its model-selection split, ``pool_*`` the held-out pool.
+    """
+    from tqdm.auto import tqdm
+
+    from nsp.train.engine import predict_logits
+
+    out = Path(out_dir)
+    test_x = np.asarray(test_x)
+    test_y = np.asarray(test_y, dtype=np.int64)
+    if test_x.dtype != np.uint8 or test_x.ndim != 4 or len(test_x) != len(test_y):
+        raise NSPError(
+            f"build_sets: test images must be uint8 (N, H, W, C) with one label each, got "
+            f"{test_x.dtype} {test_x.shape} and {len(test_y)} labels"
+        )
+    if len(pool_y) == 0:
+        raise NSPError(
+            "the -A pool is empty (prepare.a_pool_per_class is 0); set prepare.a_pool_per_class > 0 "
+            "and re-run `nsp prepare`"
+        )
+    timings: dict[str, float] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        # ---- -C
+        t0 = time.perf_counter()
+        c_idx = subset_indices(len(test_y), cfg.c_images, seed=cfg.seed, stream=0)
+        c_images = test_x[c_idx]
+        _save(tmp / "c_index.npy", c_idx)
+        _save(tmp / "c_labels.npy", test_y[c_idx])
+        for name in tqdm(CORRUPTIONS, desc="-C", disable=not progress, unit="corruption"):
+            arr = np.stack(
+                [corrupt(c_images, name=name, severity=s, seed=cfg.seed) for s in SEVERITIES]
+            )
+            _save(tmp / f"c_{name}.npy", arr)
+        timings["c_seconds"] = time.perf_counter() - t0
+        # ---- -P
+        t0 = time.perf_counter()
+        p_idx = subset_indices(len(test_y), cfg.p_images, seed=cfg.seed, stream=1)
+        p_images = test_x[p_idx]
+        _save(tmp / "p_index.npy", p_idx)
+        _save(tmp / "p_labels.npy", test_y[p_idx])
+        for name in tqdm(PERTURBATIONS, desc="-P", disable=not progress, unit="perturbation"):
+            _save(tmp / f"p_{name}.npy", perturb_sequence(p_images, name=name, seed=cfg.seed))
+        timings["p_seconds"] = time.perf_counter() - t0
+        # ---- -A
+        t0 = time.perf_counter()
+        pool_x = np.asarray(pool_x)
+        pool_y = np.asarray(pool_y, dtype=np.int64)
+        result = train_reference(
+            cfg=cfg.reference,
+            train_x=_nhwc_to_nchw(train_x),
+            train_y=torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
+            val_x=_nhwc_to_nchw(val_x),
+            val_y=torch.from_numpy(np.asarray(val_y, dtype=np.int64)),
+            num_classes=len(class_names),
+            progress=progress,
+        )
+        ref = result["model"]
+        pool_pred = predict_logits(ref, _nhwc_to_nchw(pool_x)).argmax(1).numpy().astype(np.int64)
+        kept = adversarial_filter(pool_pred, pool_y)
+        _save(tmp / "a_x.npy", pool_x[kept])
+        _save(tmp / "a_y.npy", pool_y[kept])
+        _save(tmp / "a_pool_index.npy", kept)
+        _save(tmp / "a_reference_pool_pred.npy", pool_pred)
+        _save_reference(
+            tmp / REFERENCE_CKPT,
+            model=ref,
+            cfg=cfg.reference,
+            metrics=result["metrics"],
+            in_chans=int(test_x.shape[3]),
+            class_names=class_names,
+        )
+        timings["a_seconds"] = time.perf_counter() - t0
+        k = len(class_names)
+        summary: dict[str, Any] = {
+            "format": FORMAT,
+            "seed": cfg.seed,
+            "image_shape": list(test_x.shape[1:]),
+            "class_names": list(class_names),
+            "num_classes": k,
+            "c": {
+                "images": len(c_idx),
+                "corruptions": list(CORRUPTIONS),
+                "benchmark": list(BENCHMARK_CORRUPTIONS),
+                "heldout": list(HELDOUT_CORRUPTIONS),
+                "severities": list(SEVERITIES),
+            },
+            "p": {
+                "images": len(p_idx),
+                "perturbations": list(PERTURBATIONS),
+                "test": list(TEST_PERTURBATIONS),
+                "frames": {nm: num_frames(nm) for nm in PERTURBATIONS},
+            },
+            "a": {
+                "pool_size": len(pool_y),
+                "kept": len(kept),
+                "reference_pool_acc": float(np.mean(pool_pred == pool_y)),
+                "kept_per_class": np.bincount(pool_y[kept], minlength=k).tolist(),
+                "reference": {
+                    "arch": cfg.reference.arch,
+                    "epochs": cfg.reference.epochs,
+                    "seed": cfg.reference.seed,
+                    "train_images": len(train_y),
+                    "val_acc": result["metrics"]["val_acc"],
+                    "steps": result["metrics"]["steps"],
+                },
+            },
+        }
+        summary["files"] = {
+            f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.name != SUMMARY
+        }
+        write_json(tmp / SUMMARY, summary)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**summary, "timings": timings}
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the complete ``tmp`` in as ``out`` (the previous ``out`` is removed afterwards)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_summary(sets_dir: str | os.PathLike) -> dict[str, Any]:
+    """``summary.json`` of a built sets directory (one-line NSPError when missing or foreign)."""
+    import json
+
+    path = Path(sets_dir) / SUMMARY
+    if not path.is_file():
+        raise NSPError(
+            f"{path} not found: the robustness sets are not built; run `nsp robustness` "
+            "(dvc repro robustness) first"
+        )
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        raise NSPError(f"{path} is unreadable; re-run `nsp robustness`") from None
+    if not isinstance(summary, dict) or summary.get("format") != FORMAT:
+        raise NSPError(f"{path} is not an NSP robustness-sets summary ({FORMAT}); re-run it")
+    for name in summary.get("files", {}):
+        if not (Path(sets_dir) / name).is_file():
+            raise NSPError(
+                f"{Path(sets_dir) / name} is missing; re-run `nsp robustness` to rebuild the sets"
+            )
+    return summary
+
+
+# ------------------------------------------------------------------------------- stage runner
+
+SETS_SUBDIR = Path("robustness") / "sets"
+
+
+def sets_dir(out: Path = Path("outputs")) -> Path:
+    """Where the ``robustness`` stage writes the sets (``outputs/robustness/sets``)."""
+    return out / SETS_SUBDIR
+
+
+def _all_images(split: Any) -> np.ndarray:
+    return split.get_batch(np.arange(len(split)))
+
+
+def run_robustness(
+    params: dict[str, Any], *, out: Path = Path("outputs"), progress: bool = True
+) -> dict[str, Any]:
+    """The ``robustness`` stage: build the sets, write ``robustness/sets.metrics.json``, track it."""
+    from nsp import config as C
+    from nsp import tracking
+    from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
+    from nsp.stages import _threads, prepared_dir
+
+    _threads()
+    cfg = sets_config(params)
+    root = prepared_dir(params)
+    if not (root / "manifest.json").exists():
+        raise NSPError(
+            f"{root}/manifest.json not found; run `nsp prepare` (dvc repro prepare) first"
+        )
+    manifest = read_manifest(root)
+    if "apool" not in manifest["splits"]:
+        raise NSPError(
+            f"{root} has no -A pool (prepare.a_pool_per_class is 0); set prepare.a_pool_per_class "
+            "> 0 in params.yaml and re-run `nsp prepare`"
+        )
+    split = {s: load_split(root, s) for s in ("labeled", "val", "unlabeled", "test", "apool")}
+    truth = load_unlabeled_truth(root)
+    if truth is None:
+        raise NSPError(f"{root}: unlabeled_truth.npy is missing; re-run `nsp prepare`")
+    train_x = np.concatenate([_all_images(split[s]) for s in ("labeled", "val", "unlabeled")])
+    train_y = np.concatenate([split["labeled"].labels, split["val"].labels, truth])
+    from nsp.io import sha256_file
+
+    manifest_hash = sha256_file(root / "manifest.json")
+    tags = {"data_manifest_sha256": manifest_hash, "dvc_stage": "robustness"}
+    config = {
+        "seed": cfg.seed,
+        "c_images": cfg.c_images,
+        "p_images": cfg.p_images,
+        "a_reference": C.to_dict(cfg.reference),
+    }
+    t0 = time.perf_counter()
+    with tracking.stage_run(
+        params=params, stage="robustness", generation=-1, config=config, tags=tags
+    ) as tr:
+        summary = build_sets(
+            out_dir=sets_dir(out),
+            cfg=cfg,
+            test_x=_all_images(split["test"]),
+            test_y=split["test"].labels,
+            pool_x=_all_images(split["apool"]),
+            pool_y=split["apool"].labels,
+            train_x=train_x,
+            train_y=train_y,
+            val_x=_all_images(split["val"]),
+            val_y=split["val"].labels,
+            class_names=list(manifest["class_names"]),
+            progress=progress,
+        )
+        a = summary["a"]
+        metrics = {
+            "c_images": summary["c"]["images"],
+            "p_images": summary["p"]["images"],
+            "a_pool_size": a["pool_size"],
+            "a_kept": a["kept"],
+            "a_reference_pool_acc": a["reference_pool_acc"],
+            "a_reference_val_acc": a["reference"]["val_acc"],
+            **summary["timings"],
+            "build_seconds": time.perf_counter() - t0,
+        }
+        write_json(out / "robustness" / "sets.metrics.json", metrics)
+        summary_hash = sha256_file(sets_dir(out) / SUMMARY)
+        tr.log_final(
+            metrics,
+            artifacts=[sets_dir(out) / SUMMARY],
+            tags={"robustness_sets_sha256": summary_hash},
+        )
+    return metrics

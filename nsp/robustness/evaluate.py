@@ -1,0 +1,402 @@
+"""Evaluate a model on the robustness sets (the ``evaluate_raw@<model>`` and ``evaluate@<model>`` stages).
+
+Two steps, so that normalising by the baseline needs no cycle in the DAG:
+
+1. :func:`evaluate_raw` runs the model over the clean test split and the -C / -P / -A sets and keeps
+   only numbers that depend on that model: the corruption x severity error matrix, flip probability
+   and top-5 distance per perturbation, -A accuracy, RMS calibration errors
+   (``outputs/robustness/raw/<model>.json``).
+2. :func:`robustness_metrics` combines a model's raw numbers with the baseline's: CE / mCE and
+   relative mCE (15 benchmark corruptions; the 4 held-out ones are reported per corruption only),
+   the unnormalised mean corruption error (CIFAR protocol), flip rate / mFR and top-5 distance rate /
+   mT5D (11 test perturbations) — ``outputs/robustness/<model>.metrics.json`` and
+   ``<model>.errors.csv``.
+
+Relative CE uses the clean error on the -C images themselves (``c_clean_err``); ``clean_err`` and
+``calib_err`` use the whole clean test split. A ratio whose baseline denominator is 0 is ``None``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nsp.errors import NSPError
+from nsp.robustness import metrics as M
+from nsp.robustness.build import load_summary, sets_dir
+from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, SEVERITIES
+from nsp.robustness.perturbations import NOISE_PERTURBATIONS, PERTURBATIONS, TEST_PERTURBATIONS
+
+RAW_FORMAT = "nsp-robustness-raw/1"
+
+__all__ = [
+    "calibration_or_none",
+    "errors_table_rows",
+    "evaluate_raw",
+    "predict",
+    "robustness_metrics",
+    "run_evaluate",
+    "run_evaluate_raw",
+]
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+    """float32 logits ``(N, K)`` of uint8 NHWC ``images`` (eval mode, no noise)."""
+    model.eval()
+    x = np.asarray(images)
+    outs = []
+    for i in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.array(x[i : i + batch_size], copy=True)).permute(0, 3, 1, 2)
+        outs.append(model(xb).float().numpy())
+    if not outs:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(outs)
+
+
+def _softmax_conf(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return (p.max(axis=1) / p.sum(axis=1)).astype(np.float64)
+
+
+def calibration_or_none(logits: np.ndarray, labels: np.ndarray, *, beta: int) -> float | None:
+    """RMS calibration error (adaptive bins of ``beta``) of softmax confidences, or ``None`` when
+    there are fewer than ``2 * beta`` examples (then the reference formula is trivially 0)."""
+    if len(labels) < 2 * beta:
+        return None
+    correct = logits.argmax(axis=1) == np.asarray(labels)
+    return M.rms_calibration_error(_softmax_conf(logits), correct, beta=beta)
+
+
+def evaluate_raw(
+    *,
+    model: torch.nn.Module,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    sets: str | Path,
+    batch_size: int = 1024,
+    calib_beta: int = 100,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``model`` over the clean test split and every set under ``sets``; the raw numbers."""
+    from tqdm.auto import tqdm
+
+    sets = Path(sets)
+    summary = load_summary(sets)
+    test_y = np.asarray(test_y, dtype=np.int64)
+    t0 = time.perf_counter()
+    clean_logits = predict(model, test_x, batch_size=batch_size)
+    clean_pred = clean_logits.argmax(axis=1)
+    c_idx = np.load(sets / "c_index.npy")
+    c_y = np.load(sets / "c_labels.npy")
+    if len(c_idx) and (c_idx.max() >= len(test_y) or not np.array_equal(test_y[c_idx], c_y)):
+        raise NSPError(
+            f"{sets} was built from another test split (labels differ); re-run `nsp robustness`"
+        )
+    names = summary["c"]["corruptions"]
+    err = np.empty((len(names), len(SEVERITIES)), dtype=np.float64)
+    images = 0
+    for ci, name in enumerate(tqdm(names, desc="eval -C", disable=not progress)):
+        arr = np.load(sets / f"c_{name}.npy", mmap_mode="r")
+        for si in range(arr.shape[0]):
+            pred = predict(model, arr[si], batch_size=batch_size).argmax(axis=1)
+            err[ci, si] = M.error_rate(pred, c_y)
+            images += len(pred)
+    fp: dict[str, float] = {}
+    t5d: dict[str, float | None] = {}
+    for name in tqdm(summary["p"]["perturbations"], desc="eval -P", disable=not progress):
+        seq = np.load(sets / f"p_{name}.npy", mmap_mode="r")
+        n, t = seq.shape[:2]
+        logits = predict(model, seq.reshape(n * t, *seq.shape[2:]), batch_size=batch_size)
+        logits = logits.reshape(n, t, -1)
+        noise = name in NOISE_PERTURBATIONS
+        fp[name] = M.flip_probability(logits.argmax(axis=-1), noise=noise)
+        t5d[name] = M.top5_distance(logits, noise=noise) if logits.shape[-1] >= 5 else None
+        images += n * t
+    a_x = np.load(sets / "a_x.npy")
+    a_y = np.load(sets / "a_y.npy")
+    a_logits = predict(model, a_x, batch_size=batch_size)
+    images += len(test_x) + len(a_x)
+    return {
+        "format": RAW_FORMAT,
+        "clean_err": M.error_rate(clean_pred, test_y),
+        "clean_acc": M.accuracy(clean_pred, test_y),
+        "c_clean_err": M.error_rate(clean_pred[c_idx], c_y) if len(c_idx) else None,
+        "calib_err": calibration_or_none(clean_logits, test_y, beta=calib_beta),
+        "calib_beta": calib_beta,
+        "test_images": len(test_y),
+        "c": {
+            "images": len(c_y),
+            "corruptions": list(names),
+            "severities": list(SEVERITIES),
+            "err": err.tolist(),
+        },
+        "p": {"images": summary["p"]["images"], "fp": fp, "t5d": t5d},
+        "a": {
+            "size": len(a_y),
+            "acc": M.accuracy(a_logits.argmax(axis=1), a_y) if len(a_y) else None,
+            "calib_err": calibration_or_none(a_logits, a_y, beta=calib_beta) if len(a_y) else None,
+        },
+        "images_evaluated": images,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _per_row(
+    fn: Callable[..., M.CorruptionErrors],
+    model: np.ndarray | Sequence[float],
+    base: np.ndarray | Sequence[float],
+    names: Sequence[str],
+    **kw: float,
+) -> dict[str, float | None]:
+    """``fn`` row by row (one corruption/perturbation each); ``None`` where it is undefined."""
+    out: dict[str, float | None] = {}
+    model, base = np.asarray(model, dtype=np.float64), np.asarray(base, dtype=np.float64)
+    for i, name in enumerate(names):
+        try:
+            out[name] = float(fn(model[i : i + 1], base[i : i + 1], **kw).ce[0])
+        except NSPError:
+            out[name] = None
+    return out
+
+
+def _mean_of(values: dict[str, float | None], names: Sequence[str]) -> float | None:
+    vals = [values[n] for n in names if values.get(n) is not None]
+    return float(np.mean(vals)) if vals and len(vals) == len(names) else None
+
+
+def robustness_metrics(raw: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """The normalised metrics of one model from its raw numbers and the baseline's raw numbers.
+
+    ``mce`` / ``rel_mce`` / ``mean_corruption_error`` average the 15 benchmark corruptions, ``mfr`` /
+    ``mt5d`` the 11 test perturbations; a mean is ``None`` if one of its terms is undefined.
+    """
+    names = list(raw["c"]["corruptions"])
+    if list(baseline["c"]["corruptions"]) != names:
+        raise NSPError("the model's and the baseline's raw results cover different corruptions")
+    e = np.asarray(raw["c"]["err"], dtype=np.float64)
+    eb = np.asarray(baseline["c"]["err"], dtype=np.float64)
+    ce = _per_row(M.corruption_errors, e, eb, names)
+    if raw.get("c_clean_err") is None or baseline.get("c_clean_err") is None:
+        rel = dict.fromkeys(names)
+    else:
+        rel = _per_row(
+            M.relative_corruption_errors,
+            e,
+            eb,
+            names,
+            model_clean_err=raw["c_clean_err"],
+            baseline_clean_err=baseline["c_clean_err"],
+        )
+    bench = [n for n in BENCHMARK_CORRUPTIONS if n in names]
+    bench_rows = [names.index(n) for n in bench]
+    pnames = [n for n in PERTURBATIONS if n in raw["p"]["fp"]]
+
+    def _rates(key: str, fn: Callable[..., M.CorruptionErrors]) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for n in pnames:
+            m, b = raw["p"][key].get(n), baseline["p"][key].get(n)
+            out[n] = None if m is None or b is None else _per_row(fn, [m], [b], [n])[n]
+        return out
+
+    fr = _rates("fp", M.flip_rates)
+    t5r = _rates("t5d", M.top5_distance_rates)
+    ptest = [n for n in TEST_PERTURBATIONS if n in pnames]
+    return {
+        "clean_err": raw["clean_err"],
+        "clean_acc": raw["clean_acc"],
+        "c_clean_err": raw["c_clean_err"],
+        "calib_err": raw["calib_err"],
+        "a_acc": raw["a"]["acc"],
+        "a_calib_err": raw["a"]["calib_err"],
+        "a_size": raw["a"]["size"],
+        "mce": _mean_of(ce, bench),
+        "rel_mce": _mean_of(rel, bench),
+        "mean_corruption_error": M.mean_corruption_error(e[bench_rows]) if bench_rows else None,
+        "mfr": _mean_of(fr, ptest),
+        "mt5d": _mean_of(t5r, ptest),
+        "ce": ce,
+        "rel_ce": rel,
+        "corruption_err": {n: float(e[i].mean()) for i, n in enumerate(names)},
+        "fr": fr,
+        "t5d_rate": t5r,
+        "fp": dict(raw["p"]["fp"]),
+        "t5d": dict(raw["p"]["t5d"]),
+    }
+
+
+def errors_table_rows(raw: dict[str, Any], metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per corruption: error per severity, their mean, CE and relative CE."""
+    rows = []
+    sev = raw["c"]["severities"]
+    for name, errs in zip(raw["c"]["corruptions"], raw["c"]["err"], strict=True):
+        row: dict[str, Any] = {
+            "corruption": name,
+            "benchmark": name in BENCHMARK_CORRUPTIONS,
+        }
+        row.update({f"severity_{s}": e for s, e in zip(sev, errs, strict=True)})
+        row["mean"] = float(np.mean(errs))
+        row["ce"] = metrics["ce"].get(name)
+        row["rel_ce"] = metrics["rel_ce"].get(name)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------ stage runners
+
+OUT = Path("outputs")
+
+
+def model_names(params: dict[str, Any]) -> list[str]:
+    """Every model a pipeline trains: teacher, the generations in order, baseline."""
+    from nsp import config as C
+
+    return ["teacher", *C.generation_keys(params), "baseline"]
+
+
+def _check_model(params: dict[str, Any], model: str) -> None:
+    names = model_names(params)
+    if model not in names:
+        raise NSPError(f"unknown model {model!r}; use one of {', '.join(names)} (params.yaml)")
+
+
+def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    sec = dict(params.get("evaluate") or {})
+    s = {
+        "baseline": sec.get("baseline", "baseline"),
+        "batch_size": sec.get("batch_size", 1024),
+        "calib_beta": sec.get("calib_beta", 100),
+    }
+    for key in ("batch_size", "calib_beta"):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise NSPError(f"params.yaml: evaluate.{key} must be an integer >= 1 (got {v!r})")
+    return s
+
+
+def raw_path(model: str, out: Path = OUT) -> Path:
+    return out / "robustness" / "raw" / f"{model}.json"
+
+
+def generation_of(params: dict[str, Any], model: str) -> int:
+    """Generation index from the model name: teacher 0, g_k its position + 1, baseline -1."""
+    from nsp import config as C
+
+    if model == "teacher":
+        return 0
+    gens = C.generation_keys(params)
+    return gens.index(model) + 1 if model in gens else -1
+
+
+def run_evaluate_raw(
+    params: dict[str, Any], model: str, *, out: Path = OUT, progress: bool = True
+) -> dict[str, Any]:
+    """``evaluate_raw@<model>``: the model over every set -> ``robustness/raw/<model>.json``."""
+    from nsp.checkpoint import load_checkpoint, model_from_checkpoint
+    from nsp.data.splits import load_split
+    from nsp.io import sha256_file, write_json
+    from nsp.stages import _threads, model_dir, prepared_dir
+
+    _check_model(params, model)
+    s = _settings(params)
+    sdir = sets_dir(out)
+    load_summary(sdir)  # a clear error before loading anything else
+    _threads()
+    ckpt_path = model_dir(model, out) / "model.pt"
+    net = model_from_checkpoint(load_checkpoint(ckpt_path))
+    test = load_split(prepared_dir(params), "test")
+    raw = evaluate_raw(
+        model=net,
+        test_x=test.get_batch(np.arange(len(test))),
+        test_y=test.labels,
+        sets=sdir,
+        batch_size=s["batch_size"],
+        calib_beta=s["calib_beta"],
+        progress=progress,
+    )
+    raw["model"] = model
+    raw["checkpoint_sha256"] = sha256_file(ckpt_path)
+    raw["sets_sha256"] = sha256_file(sdir / "summary.json")
+    write_json(raw_path(model, out), raw)
+    return raw
+
+
+def _read_raw(model: str, out: Path) -> dict[str, Any]:
+    p = raw_path(model, out)
+    if not p.is_file():
+        raise NSPError(
+            f"{p} not found; run `nsp evaluate {model} --raw` (dvc repro evaluate_raw@{model}) first"
+        )
+    raw = json.loads(p.read_text())
+    if raw.get("format") != RAW_FORMAT:
+        raise NSPError(f"{p} is not a raw robustness result ({RAW_FORMAT}); re-run its stage")
+    return raw
+
+
+def _flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                if isinstance(v2, (int, float)) and not isinstance(v2, bool):
+                    flat[f"{k}.{k2}"] = float(v2)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[k] = float(v)
+    return flat
+
+
+def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict[str, Any]:
+    """``evaluate@<model>``: normalise by the baseline -> ``<model>.metrics.json`` + ``.errors.csv``,
+    logged in a nested MLflow run ``evaluate@<model>``."""
+    from nsp import tracking
+    from nsp.io import atomic_path, write_json
+
+    _check_model(params, model)
+    s = _settings(params)
+    base_name = s["baseline"]
+    _check_model(params, base_name)
+    raw = _read_raw(model, out)
+    base = raw if base_name == model else _read_raw(base_name, out)
+    if raw.get("sets_sha256") != base.get("sets_sha256"):
+        raise NSPError(
+            f"raw results of {model} and {base_name} come from different robustness sets; "
+            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name}"
+        )
+    metrics = {
+        "model": model,
+        "normalised_by": base_name,
+        **robustness_metrics(raw, base),
+        "checkpoint_sha256": raw["checkpoint_sha256"],
+        "eval_seconds": raw["seconds"],
+    }
+    d = out / "robustness"
+    csv_path = d / f"{model}.errors.csv"
+    rows = errors_table_rows(raw, metrics)
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    gen = generation_of(params, model)
+    tags = {
+        "dvc_stage": f"evaluate@{model}",
+        "model": model,
+        "generation": gen,
+        "checkpoint_sha256": raw["checkpoint_sha256"],
+        "robustness_sets_sha256": raw["sets_sha256"],
+        "normalised_by": base_name,
+    }
+    with tracking.stage_run(
+        params=params, stage=f"evaluate@{model}", generation=gen, config=s, tags=tags
+    ) as tr:
+        write_json(d / f"{model}.metrics.json", metrics)
+        tr.log_final(_flat_numeric(metrics), artifacts=[csv_path, d / f"{model}.metrics.json"])
+    return metrics
