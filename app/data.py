@@ -89,10 +89,13 @@ def project_root() -> Path:
 
 def load_params(root: Path) -> dict[str, Any]:
     p = Path(root) / "params.yaml"
+    if not p.is_file():
+        return {}
     try:
-        return yaml.safe_load(p.read_text()) or {} if p.is_file() else {}
+        raw = yaml.safe_load(p.read_text())
     except (OSError, yaml.YAMLError):
         return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def default_tracking_uri(root: Path) -> str:
@@ -389,6 +392,7 @@ def parse_errors_csv(text: str) -> pd.DataFrame:
     Accepts the long form (columns corruption, severity, error|err|top1_error) or the wide form
     (corruption, then one column per severity: ``1``..``5`` or ``s1``..``s5`` / ``severity_1``..).
     Errors are fractions; a table whose values exceed 1 is taken as percent and divided by 100.
+    A ``benchmark`` column (true for the corruptions that enter mCE) is kept.
     """
     df = pd.read_csv(io.StringIO(text))
     df.columns = [str(c).strip().lower() for c in df.columns]
@@ -404,6 +408,11 @@ def parse_errors_csv(text: str) -> pd.DataFrame:
             id_vars="corruption", value_vars=list(sev_cols), var_name="severity", value_name="error"
         )
         long["severity"] = long["severity"].map(sev_cols)
+    if "benchmark" in df.columns:  # nsp evaluate marks the 15 benchmark corruptions of mCE
+        bench = dict(
+            zip(df["corruption"], df["benchmark"].astype(str).str.lower() == "true", strict=False)
+        )
+        long["benchmark"] = long["corruption"].map(bench)
     long = long.dropna(subset=["error"]).copy()
     long["severity"] = long["severity"].astype(int)
     long["error"] = long["error"].astype(float)
@@ -438,30 +447,43 @@ def ce_per_corruption(errors: pd.DataFrame, baseline: pd.DataFrame | None) -> pd
     """Per corruption: mean error over severities, and CE = sum_s E / sum_s E_baseline when given."""
     g = errors.groupby("corruption", sort=False)["error"]
     out = pd.DataFrame({"mean_error": g.mean()})
+    if "benchmark" in errors.columns:
+        out["benchmark"] = errors.groupby("corruption", sort=False)["benchmark"].first()
     if baseline is not None and not baseline.empty:
         b = baseline.groupby("corruption", sort=False)["error"].sum()
         out["ce"] = g.sum() / b.reindex(out.index)
     return out.reset_index()
 
 
-_RATE = re.compile(r"^(fr|fp|t5d)[_./](.+)$")
+def test_perturbations() -> tuple[str, ...] | None:
+    """The ImageNet-P test perturbations that mFR / mT5D average (None if nsp cannot say)."""
+    try:
+        from nsp.robustness.perturbations import TEST_PERTURBATIONS
+    except Exception:
+        return None
+    return tuple(TEST_PERTURBATIONS)
+
+
+#: Per-perturbation metrics: FP (flip probability), FR (FP / baseline FP), T5D (top-5 distance),
+#: T5D rate (T5D / baseline T5D); mFR / mT5D are the means of ``fr`` / ``t5d_rate``.
+PERTURBATION_METRICS = ("fr", "t5d_rate", "fp", "t5d")
+_RATE = re.compile(r"^(fr|fp|t5d_rate|t5d)[./](.+)$")
 
 
 @cached
 def perturbation_rates(uri: str, experiment_id: str, parent_id: str, root: Path) -> pd.DataFrame:
-    """Rows (model, perturbation, metric in {fr, t5d}, value).
+    """Rows (model, perturbation, metric, value) for metric in :data:`PERTURBATION_METRICS`.
 
-    Sources: ``evaluate@<model>`` metrics named ``fr_<perturbation>`` / ``t5d_<perturbation>``
-    (``.`` or ``/`` also accepted as separator, ``fp`` = ``fr``), and the DVC file
-    ``outputs/robustness/<model>.metrics.json`` keys ``fr`` / ``flip_rates`` and ``t5d`` /
-    ``top5_distances`` (dicts perturbation -> value) or ``perturbations`` ({name: {fr, t5d}}).
+    Sources: ``evaluate@<model>`` run metrics ``fr.<perturbation>``, ``t5d_rate.<perturbation>``,
+    ... (as ``nsp evaluate`` logs the dicts of its metrics file), else the DVC file
+    ``outputs/robustness/<model>.metrics.json`` keys ``fr`` / ``fp`` / ``t5d`` / ``t5d_rate``
+    (dicts perturbation -> value).
     """
     stages = stage_runs(uri, experiment_id, parent_id)
     rows: list[dict[str, Any]] = []
     seen: set[tuple[str, str, str]] = set()
 
     def add(model: str, pert: str, metric: str, value: Any) -> None:
-        metric = "fr" if metric == "fp" else metric
         if isinstance(value, (int, float)) and (model, pert, metric) not in seen:
             seen.add((model, pert, metric))
             rows.append(
@@ -479,16 +501,10 @@ def perturbation_rates(uri: str, experiment_id: str, parent_id: str, root: Path)
         for f in sorted((Path(root) / "outputs" / "robustness").glob("*.metrics.json")):
             model = f.name[: -len(".metrics.json")]
             d = _dvc_json(root, str(f.relative_to(root))) or {}
-            for metric, keys in (("fr", ("fr", "flip_rates")), ("t5d", ("t5d", "top5_distances"))):
-                for key in keys:
-                    if isinstance(d.get(key), dict):
-                        for pert, v in d[key].items():
-                            add(model, pert, metric, v)
-            if isinstance(d.get("perturbations"), dict):
-                for pert, vals in d["perturbations"].items():
-                    if isinstance(vals, dict):
-                        for metric in ("fr", "fp", "t5d"):
-                            add(model, pert, metric, vals.get(metric))
+            for metric in PERTURBATION_METRICS:
+                if isinstance(d.get(metric), dict):
+                    for pert, v in d[metric].items():
+                        add(model, pert, metric, v)
     df = pd.DataFrame(rows, columns=["model", "perturbation", "metric", "value"])
     if not df.empty:
         order = {m: i for i, m in enumerate(model_order(df["model"].tolist()))}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nsp.errors import NSPError
-from nsp.io import atomic_path
+from nsp.io import write_bytes
 
 FORMAT = "nsp-checkpoint-v1"
 
@@ -34,8 +35,11 @@ def save_checkpoint(
         "metrics": metrics,
         "class_names": list(class_names),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # torch.save names the zip's root folder after the file: serialise in memory so the bytes do not
+    # depend on the temp file's random name (equal training -> byte-equal checkpoint -> one registry version)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -37,12 +37,24 @@ def pseudo_dir(gen: str, out: Path = OUT) -> Path:
     return out / "pseudo" / gen
 
 
-def _threads() -> None:
-    """Torch threads = usable cores (``NSP_NUM_THREADS`` overrides; oversubscription is very slow)."""
+def _threads() -> tuple[int, int]:
+    """Torch threads = usable cores (``NSP_NUM_THREADS`` overrides; oversubscription is very slow).
+
+    Under torchrun (``WORLD_SIZE`` > 1) also joins the process group (gloo on CPU, nccl on GPU) and
+    returns (rank, world_size); only rank 0 logs to MLflow and writes outputs.
+    """
     import os
 
     n = os.environ.get("NSP_NUM_THREADS")
     torch.set_num_threads(int(n) if n else max(1, len(os.sched_getaffinity(0))))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), world
+    return 0, 1
 
 
 def load_data(params: dict[str, Any], *, unlabeled: bool = False) -> dict[str, Any]:
@@ -101,6 +113,10 @@ def _finish_model(
     lineage: dict[str, Any],
     out: Path,
 ) -> dict[str, Any]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+        return dict(result["metrics"])  # only rank 0 writes outputs
     from nsp.train.engine import predict_logits
 
     model = result["model"]
@@ -153,9 +169,12 @@ def _tracker(
     generation: int,
     config: dict[str, Any],
     tags: dict[str, Any],
+    rank: int = 0,
 ):
     from nsp import tracking
 
+    if rank > 0:
+        return tracking.null_run()
     return tracking.stage_run(
         params=params, stage=stage, generation=generation, config=config, tags=tags
     )
@@ -167,14 +186,16 @@ def run_teacher(
     """Generation 0: train the teacher on ``labeled`` (with noise), select on ``val``."""
     from nsp.train.engine import train_model
 
-    _threads()
+    rank, _world = _threads()
     cfg = C.teacher_config(params)
     data = load_data(params)
     tags = {"generation": 0, "data_manifest_sha256": data["manifest_hash"], "dvc_stage": "teacher"}
     source = (params.get("teacher") or {}).get("source")
     if source:
         return _teacher_from_registry(params, source=source, cfg=cfg, data=data, tags=tags, out=out)
-    with _tracker(params, stage="teacher", generation=0, config=C.to_dict(cfg), tags=tags) as tr:
+    with _tracker(
+        params, stage="teacher", generation=0, config=C.to_dict(cfg), tags=tags, rank=rank
+    ) as tr:
         result = train_model(
             cfg=cfg,
             labeled_x=data["labeled_x"],
@@ -249,11 +270,13 @@ def run_pseudo_label(
     """Label the unlabeled split with generation ``gen``'s teacher (un-noised, un-augmented inputs)."""
     from nsp.pseudo.label import build_pseudo_label_set
 
-    _threads()
+    rank, _world = _threads()
     cfg = C.pseudo_config(params, gen)
     src, ckpt_path = _teacher_checkpoint(params, gen, out)
     ckpt = load_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt)
+    from nsp.train.engine import default_device
+
+    model = model_from_checkpoint(ckpt).to(default_device())
     data = load_data(params, unlabeled=True)
     unl = data["unlabeled"]
     ckpt_hash = sha256_file(ckpt_path)
@@ -273,7 +296,12 @@ def run_pseudo_label(
         "dvc_stage": f"pseudo_label@{gen}",
     }
     with _tracker(
-        params, stage=f"pseudo_label@{gen}", generation=gidx, config=C.to_dict(cfg), tags=tags
+        params,
+        stage=f"pseudo_label@{gen}",
+        generation=gidx,
+        config=C.to_dict(cfg),
+        tags=tags,
+        rank=rank,
     ) as tr:
         stats = build_pseudo_label_set(
             model=model,
@@ -285,7 +313,11 @@ def run_pseudo_label(
             truth=data["unlabeled_truth"],
             provenance=provenance,
             progress=progress,
+            rank=rank,
+            world=_world,
         )
+        if rank > 0:
+            return {}
         set_hash = _dir_hash(pseudo_dir(gen, out))
         summary = {
             "pseudo_label_acc": stats["pseudo_label_acc"],
@@ -320,7 +352,7 @@ def run_student(
     from nsp.pseudo.label import load_pseudo_label_set
     from nsp.train.engine import PseudoBatchSource, make_classifier, to_nchw, train_model
 
-    _threads()
+    rank, _world = _threads()
     cfg = C.student_config(params, gen)
     src, ckpt_path = _teacher_checkpoint(params, gen, out)
     teacher = load_checkpoint(ckpt_path)
@@ -345,11 +377,9 @@ def run_student(
     )
     init = None
     if cfg.init_from_teacher:
-        if teacher["arch"] != cfg.arch:
-            raise NSPError(
-                f"generations.{gen}.init_from_teacher needs the same arch as {src} ({teacher['arch']})"
-            )
-        init = teacher["state_dict"]
+        init = _inherit(
+            teacher, arch=cfg.arch, num_classes=k, in_chans=data["labeled_x"].shape[1], gen=gen
+        )
     pmetrics = json.loads((out / "pseudo" / f"{gen}.metrics.json").read_text())
     gidx = C.generation_keys(params).index(gen) + 1
     tags = {
@@ -361,7 +391,12 @@ def run_student(
         "dvc_stage": f"student@{gen}",
     }
     with _tracker(
-        params, stage=f"student@{gen}", generation=gidx, config=C.to_dict(cfg), tags=tags
+        params,
+        stage=f"student@{gen}",
+        generation=gidx,
+        config=C.to_dict(cfg),
+        tags=tags,
+        rank=rank,
     ) as tr:
         result = train_model(
             cfg=cfg,
@@ -388,13 +423,39 @@ def run_student(
         )
 
 
+def _inherit(
+    teacher: dict[str, Any], *, arch: str, num_classes: int, in_chans: int, gen: str
+) -> dict[str, Any]:
+    """Student initial weights from its teacher: the same arch, or a deeper one of the same widths
+    (new residual blocks start as identity, so the student starts with the teacher's function)."""
+    from nsp.models.resnet import grow_state_dict
+    from nsp.train.engine import make_classifier
+
+    if teacher["arch"] == arch:
+        return teacher["state_dict"]
+    fresh = make_classifier(arch=arch, num_classes=num_classes, in_chans=in_chans).state_dict()
+    try:
+        return grow_state_dict(
+            teacher["state_dict"],
+            teacher_arch=teacher["arch"],
+            student_state=fresh,
+            student_arch=arch,
+            prefix="net.",
+        )
+    except ValueError:
+        raise NSPError(
+            f"params.yaml: generations.{gen}.init_from_teacher cannot map {teacher['arch']} onto {arch}; "
+            "use the same arch or a deeper nsp_resnet of equal widths (s -> m -> l), or set it to false"
+        ) from None
+
+
 def run_baseline(
     params: dict[str, Any], *, out: Path = OUT, progress: bool = True
 ) -> dict[str, Any]:
     """Supervised-only baseline: the final student's arch and noise on ``labeled``, >= the student's steps."""
     from nsp.train.engine import train_model
 
-    _threads()
+    rank, _world = _threads()
     gens = C.generation_keys(params)
     last = gens[-1] if gens else "teacher"
     match = (params.get("baseline") or {}).get("match", last)
@@ -413,7 +474,9 @@ def run_baseline(
         "dvc_stage": "baseline",
         "matched_steps_of": match,
     }
-    with _tracker(params, stage="baseline", generation=-1, config=C.to_dict(cfg), tags=tags) as tr:
+    with _tracker(
+        params, stage="baseline", generation=-1, config=C.to_dict(cfg), tags=tags, rank=rank
+    ) as tr:
         result = train_model(
             cfg=cfg,
             labeled_x=data["labeled_x"],

@@ -64,7 +64,7 @@ class Brightness(torch.nn.Module):
 
 def logits_of(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)).numpy()
+        return model(torch.from_numpy(np.array(x, copy=True)).permute(0, 3, 1, 2)).numpy()
 
 
 TINY_REF = reference_config(arch="nsp_resnet_xs", epochs=1, batch_size=32, warmup_epochs=0.0)
@@ -181,10 +181,14 @@ def test_build_rejects_an_empty_pool(tmp_path, arrays):
 
 
 def test_sets_config_from_params():
+    params = {"robustness": {"c_images": 50, "a_reference": {"epochs": 3, "noise": {"dropout": 0}}}}
+    cfg = sets_config(params)
+    assert params["robustness"]["a_reference"] == {"epochs": 3, "noise": {"dropout": 0}}
+    assert cfg.reference.noise.dropout == 0 and cfg.reference.noise.crop_flip is False
     cfg = sets_config({"robustness": {"c_images": 50, "a_reference": {"epochs": 3}}})
     assert (cfg.c_images, cfg.p_images, cfg.seed) == (50, 1000, 0)
     assert cfg.reference.epochs == 3 and cfg.reference.arch == "nsp_resnet_xs"
-    assert cfg.reference.noise.randaugment is False and cfg.reference.noise.crop_flip is True
+    assert cfg.reference.noise.randaugment is False and cfg.reference.noise.dropout == 0.1
     with pytest.raises(NSPError, match="robustness.c_imagez"):
         sets_config({"robustness": {"c_imagez": 5}})
     with pytest.raises(NSPError, match="robustness.p_images must be"):
@@ -423,6 +427,14 @@ def test_evaluate_cli_writes_normalised_metrics(learnable_project, capsys):
     assert m["model"] == "teacher" and m["normalised_by"] == "baseline"
     assert raw["c"]["images"] == 8 and raw["p"]["images"] == 10 and raw["test_images"] == 200
     assert raw["clean_acc"] > 0.3
+    # the traced + frozen model used by the stage predicts like the eager checkpoint
+    from nsp.checkpoint import load_checkpoint, model_from_checkpoint
+    from nsp.data.splits import load_split
+
+    test = load_split("data/prepared", "test")
+    eager = model_from_checkpoint(load_checkpoint("outputs/models/teacher/model.pt"))
+    acc = np.mean(logits_of(eager, np.asarray(test.images)).argmax(1) == test.labels)
+    assert raw["clean_acc"] == pytest.approx(acc)
     with open("outputs/robustness/teacher.errors.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["corruption"] for r in rows] == list(CORRUPTIONS)

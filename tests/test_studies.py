@@ -43,7 +43,10 @@ def _square_images(labels: np.ndarray, seed: int) -> np.ndarray:
 
 def _tiny_params(tracking_uri: str) -> str:
     """The repo's params.yaml (comments kept) shrunk to a seconds-long pipeline."""
+    from nsp.study.results import _represent_null
+
     yml = YAML()
+    yml.representer.add_representer(type(None), _represent_null)
     doc = yml.load((REPO / "params.yaml").read_text())
     doc["prepare"]["image_size"] = 16
     doc["tracking"]["enabled"] = True
@@ -242,27 +245,6 @@ def test_registry_alias_resolves_to_the_dvc_checkpoint(project):
 # ------------------------------------------------------------------------------------ studies
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
-def test_two_workers_account_for_every_trial(project, storage, capsys):
-    name = f"two_{storage}"
-    url = f"sqlite:///studies/{name}.db" if storage == "sqlite" else f"journal:studies/{name}.log"
-    spec = write_spec(name, storage=url)
-    assert main(["study", "run", str(spec), "--workers", "2", "--n-trials", "4"]) == 0
-    out = capsys.readouterr().out
-    study = load_study_readonly(url, name)
-    trials = study.get_trials(deepcopy=False)
-    c = tally(trials)
-    assert c["done"] >= 4 and c["RUNNING"] == 0 and c["WAITING"] == 0
-    assert c["COMPLETE"] + c["PRUNED"] + c["FAIL"] == len(trials)
-    assert trials[0].params == baseline_values()  # the params.yaml baseline ran first ...
-    assert sum("fixed_params" in t.system_attrs for t in trials) == 1  # ... and only once
-    pids = {t.user_attrs["worker_pid"] for t in trials}
-    assert len(pids) == 2 and os.getpid() not in pids  # two worker processes shared the work
-    check_mlflow(study)
-    assert f"study {name} ({url}): maximize val_acc" in out
-    assert f"trials: {len(trials)} (COMPLETE {c['COMPLETE']}, PRUNED 0, FAIL {c['FAIL']}" in out
-
-
 def test_pruning_and_show(project, capsys):
     lr = {"lr": {"key": "student.lr", "type": "float", "low": 1e-6, "high": 0.2, "log": True}}
     spec = write_spec(
@@ -315,8 +297,13 @@ def test_multi_objective_pareto_front_and_apply(project, capsys):
     untracked = {**params(), "tracking": {**params()["tracking"], "enabled": False}}
     run_study(load_spec(spec), untracked, n_trials=4, workers=1)
     study = load_study_readonly("sqlite:///studies/pareto.db", "pareto")
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 4
+    # resuming draws new points (the seed moves with the trial count), not a replay of trial 1
+    run_study(load_spec(spec), untracked, n_trials=5, workers=1)
+    study = load_study_readonly("sqlite:///studies/pareto.db", "pareto")
+    assert len(study.trials) == 5 and study.trials[4].state == TrialState.COMPLETE
+    assert study.trials[4].params not in [t.params for t in study.trials[:4]]
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 4
     # tracking.enabled: false -> no MLflow parent run, no trial runs
     assert study.user_attrs["mlflow_parent_run_id"] == ""
     assert not any("mlflow_run_id" in t.user_attrs for t in study.trials)
@@ -333,7 +320,7 @@ def test_multi_objective_pareto_front_and_apply(project, capsys):
     assert main(["study", "show", "pareto"]) == 0
     out = capsys.readouterr().out
     assert "maximize val_acc, minimize corruption_error" in out
-    assert f"Pareto front ({len(front)} trials):" in out
+    assert f"Pareto front ({len(front)} trial{'s' if len(front) > 1 else ''}):" in out
     # apply a Pareto trial other than the baseline (whose values equal params.yaml already)
     pick = min([t for t in study.best_trials if t.number > 0] or done[1:], key=lambda t: t.number)
     before = Path("params.yaml").read_text()
@@ -348,6 +335,7 @@ def test_multi_objective_pareto_front_and_apply(project, capsys):
     assert {b.split(":")[0].strip() for _, b in changed} == {"threshold", "dropout"}
     for a, b in changed:  # the inline comment (if any) survives on the edited line
         assert a.partition("#")[2] == b.partition("#")[2]
+    assert "  data_dir: null          # null: $NSP_DATA_DIR" in after
     p2 = yaml.safe_load(after)
     assert p2["student"]["pseudo"]["threshold"] == pick.params["threshold"]
     assert p2["student"]["noise"]["dropout"] == pick.params["dropout"]
@@ -356,46 +344,60 @@ def test_multi_objective_pareto_front_and_apply(project, capsys):
 
 
 @pytest.mark.parametrize("storage", ["sqlite", "journal"])
-def test_sigkilled_worker_trial_fails_by_heartbeat_and_is_retried(project, storage):
-    name = f"kill_{storage}"
+def test_two_workers_one_sigkilled_every_trial_accounted_for(project, storage):
+    """`nsp study run --workers 2`; SIGKILL the worker of the first trial mid-trial.
+
+    Its trial must become FAIL through the heartbeat and be retried by the surviving worker;
+    every trial ends COMPLETE / PRUNED / FAIL and the baseline runs exactly once.
+    """
+    name = f"two_{storage}"
     url = f"sqlite:///studies/{name}.db" if storage == "sqlite" else f"journal:studies/{name}.log"
     spec = write_spec(
-        name, storage=url, budget={"epochs": 4, "max_steps": 80, "unlabeled_subset": 150}
+        name, storage=url, budget={"epochs": 3, "max_steps": 30, "unlabeled_subset": 150}
     )
-    cmd = [sys.executable, "-m", "nsp.cli", "study", "worker", str(spec), "--n-trials", "3",
-           "--threads", "1"]  # fmt: skip
-    a = subprocess.Popen([*cmd, "--worker-index", "0"])
-    b = subprocess.Popen([*cmd, "--worker-index", "1"])
+    log = Path(f"{name}.out")
+    with open(log, "w") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "nsp.cli", "study", "run", str(spec), "--workers", "2",
+             "--n-trials", "4"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        killed = None
-        deadline = time.time() + 90
-        while killed is None and time.time() < deadline:
+        killed = victim = None
+        deadline = time.time() + 120
+        while killed is None and time.time() < deadline and run.poll() is None:
             time.sleep(0.2)
             try:
                 study = load_study_readonly(url, name)
             except NSPError:
                 continue
             for t in study.get_trials(deepcopy=False):
-                if (
-                    t.state == TrialState.RUNNING
-                    and t.user_attrs.get("worker_pid") == a.pid
-                    and t.intermediate_values
-                ):
-                    os.kill(a.pid, signal.SIGKILL)
-                    killed = t.number
-        assert killed is not None, "worker 0 never got mid-trial"
-        assert b.wait(timeout=150) == 0
+                if t.state == TrialState.RUNNING and t.intermediate_values:
+                    victim, killed = t.user_attrs["worker_pid"], t.number
+                    os.kill(victim, signal.SIGKILL)
+                    break
+        assert killed is not None, "no worker was caught mid-trial"
+        rc = run.wait(timeout=180)
     finally:
-        for p in (a, b):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    text = log.read_text()
+    assert rc == 1 and "1 worker(s) exited with codes [-9]" in text, text[-2000:]
     study = load_study_readonly(url, name)
     trials = study.get_trials(deepcopy=False)
     c = tally(trials)
+    assert c["COMPLETE"] + c["PRUNED"] + c["FAIL"] == len(trials)  # none lost / left running
+    assert c["RUNNING"] == 0 and c["WAITING"] == 0 and c["done"] == 4
     assert trials[killed].state == TrialState.FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params == trials[killed].params
-    assert c["RUNNING"] == 0 and c["WAITING"] == 0 and c["done"] == 3
+    assert retry[0].user_attrs["worker_pid"] not in (victim, run.pid)  # the other worker did it
+    assert trials[0].params == baseline_values()  # the params.yaml baseline ran first ...
+    fixed = [t for t in trials if "fixed_params" in t.system_attrs and t.number != retry[0].number]
+    assert len(fixed) == 1  # ... and was enqueued only once
     check_mlflow(study)
+    assert f"[study] trial {killed} lost its worker (no heartbeat); marked FAIL, re-queued" in text
+    assert f"study {name} ({url}): maximize val_acc" in text
+    assert f"trials: {len(trials)} (COMPLETE {c['COMPLETE']}, PRUNED 0, FAIL 1, RUNNING 0" in text

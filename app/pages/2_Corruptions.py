@@ -85,7 +85,13 @@ def main() -> None:
     fig.update_layout(height=380)
     st.plotly_chart(fig, key="ce_bar")
     table = ce.pivot_table(index="corruption", columns="model", values="ce", sort=False)
-    table.loc["mCE"] = table.mean()
+    table = table[[m for m in models if m in table.columns]]
+    bench = ce.groupby("corruption", sort=False)["benchmark"].first() if "benchmark" in ce else None
+    if bench is not None and bench.any():
+        table.loc["mCE"] = table.loc[[c for c in table.index if bench.get(c)]].mean()
+        st.caption("mCE: mean CE over the benchmark corruptions (the others are extra).")
+    else:
+        table.loc["mCE"] = table.mean()
     st.dataframe(table, key="ce_table")
     ui.footer(t0)
 

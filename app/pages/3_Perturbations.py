@@ -13,7 +13,12 @@ import streamlit as st  # noqa: E402
 from app import data as D  # noqa: E402
 from app import ui  # noqa: E402
 
-TITLES = {"fr": "Flip rate (FR)", "t5d": "Top-5 distance (T5D)"}
+TITLES = {
+    "fr": ("Flip rate FR (flip probability / baseline's)", "mFR"),
+    "t5d_rate": ("Top-5 distance T5D (relative to the baseline's)", "mT5D"),
+    "fp": ("Flip probability (raw)", "mean"),
+    "t5d": ("Top-5 distance (raw)", "mean"),
+}
 
 
 def main() -> None:
@@ -30,17 +35,23 @@ def main() -> None:
         return ui.footer(t0)
     models = ui.models_picker(D.model_order(df["model"].tolist()), key="pert_models")
     df = df[df["model"].isin(models)]
-    for metric in ("fr", "t5d"):
+    if D.test_perturbations():
+        st.caption(
+            "mFR / mT5D rows average the test perturbations: " + ", ".join(D.test_perturbations())
+        )
+    for metric in D.PERTURBATION_METRICS:
         sub = df[df["metric"] == metric]
         if sub.empty:
             continue
-        st.subheader(TITLES[metric])
+        title, mean_label = TITLES[metric]
+        st.subheader(title)
         fig = px.bar(sub, x="perturbation", y="value", color="model", barmode="group")
         fig.update_layout(height=360, yaxis_title=metric)
         st.plotly_chart(fig, key=f"bar_{metric}")
         table = sub.pivot_table(index="perturbation", columns="model", values="value", sort=False)
         table = table[[m for m in models if m in table.columns]]
-        table.loc[f"m{metric.upper()}"] = table.mean()
+        test = [p for p in (D.test_perturbations() or ()) if p in table.index]
+        table.loc[mean_label] = table.loc[test].mean() if test else table.mean()
         st.dataframe(table, key=f"table_{metric}")
     ui.footer(t0)
 

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
             args.name, trial_number=args.trial, params_path=args.params, spec_path=args.spec
         )
         for key, old, new in changes:
-            print(f"{args.params}: {key}: {old!r} -> {new!r}")
+            same = " (unchanged)" if old == new else ""
+            print(f"{args.params}: {key}: {old!r} -> {new!r}{same}")
         print(f"applied trial {args.trial} of study {args.name}; run `dvc repro` to reproduce it")
         return 0
     from nsp.study import load_spec, run_study, run_worker, show_study

@@ -7,7 +7,14 @@ import torch.nn as nn
 
 from nsp.errors import NSPError
 
-MODEL_FAMILY = ("nsp_resnet_xs", "nsp_resnet_s", "nsp_resnet_m", "nsp_resnet_l")
+MODEL_FAMILY = (
+    "nsp_resnet_xs",
+    "nsp_resnet_s",
+    "nsp_resnet_m",
+    "nsp_resnet_l",
+    "nsp_resnet_mw",
+    "nsp_resnet_lw",
+)
 
 
 def build_model(

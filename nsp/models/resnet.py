@@ -25,9 +25,14 @@ class ResNetSpec:
 
 SPECS: dict[str, ResNetSpec] = {
     "nsp_resnet_xs": ResNetSpec(stem=16, widths=(24, 48, 96), depths=(1, 1, 1)),
+    # S -> M -> L grow in depth at equal width: a student can start from its teacher's function
+    # (extra residual blocks are zero-initialised, i.e. identity) -- see ``grow_state_dict``.
     "nsp_resnet_s": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(1, 1, 1)),
-    "nsp_resnet_m": ResNetSpec(stem=32, widths=(48, 96, 192), depths=(1, 1, 1)),
-    "nsp_resnet_l": ResNetSpec(stem=32, widths=(56, 112, 224), depths=(1, 1, 1)),
+    "nsp_resnet_m": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(2, 2, 2)),
+    "nsp_resnet_l": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(3, 3, 3)),
+    # wider variants for larger data
+    "nsp_resnet_mw": ResNetSpec(stem=32, widths=(48, 96, 192), depths=(2, 2, 2)),
+    "nsp_resnet_lw": ResNetSpec(stem=32, widths=(64, 128, 256), depths=(3, 3, 3)),
 }
 
 
@@ -109,6 +114,47 @@ def _make(name: str, **kwargs: object) -> SmallResNet:
     return SmallResNet(SPECS[name], **kwargs)
 
 
+def _block_slots(spec: ResNetSpec) -> list[tuple[int, int]]:
+    """(stage, position) of each block index."""
+    return [(st, j) for st, d in enumerate(spec.depths) for j in range(d)]
+
+
+def grow_state_dict(
+    teacher_state: dict[str, torch.Tensor],
+    *,
+    teacher_arch: str,
+    student_state: dict[str, torch.Tensor],
+    student_arch: str,
+    prefix: str = "",
+) -> dict[str, torch.Tensor]:
+    """Student weights initialised from a shallower teacher of the same widths (function-preserving).
+
+    Block (stage, j) of the teacher goes to block (stage, j) of the student; the student's extra blocks
+    keep their zero-initialised last BN, so the grown network computes what the teacher computed.
+    """
+    t_spec, s_spec = SPECS.get(teacher_arch), SPECS.get(student_arch)
+    if (
+        t_spec is None
+        or s_spec is None
+        or (t_spec.stem, t_spec.widths) != (s_spec.stem, s_spec.widths)
+        or any(a > b for a, b in zip(t_spec.depths, s_spec.depths, strict=True))
+    ):
+        raise ValueError(f"cannot grow {teacher_arch} into {student_arch}")
+    s_index = {slot: i for i, slot in enumerate(_block_slots(s_spec))}
+    remap = {i: s_index[slot] for i, slot in enumerate(_block_slots(t_spec))}
+    out = dict(student_state)
+    head = f"{prefix}blocks."
+    for key, value in teacher_state.items():
+        new = key
+        if key.startswith(head):
+            idx, rest = key[len(head) :].split(".", 1)
+            new = f"{head}{remap[int(idx)]}.{rest}"
+        if new not in out or out[new].shape != value.shape:
+            raise ValueError(f"cannot grow {teacher_arch} into {student_arch}: {key}")
+        out[new] = value.clone()
+    return out
+
+
 @register_model
 def nsp_resnet_xs(pretrained: bool = False, **kwargs: object) -> SmallResNet:
     """Extra-small ResNet (for tests and tiny profiles)."""
@@ -123,11 +169,23 @@ def nsp_resnet_s(pretrained: bool = False, **kwargs: object) -> SmallResNet:
 
 @register_model
 def nsp_resnet_m(pretrained: bool = False, **kwargs: object) -> SmallResNet:
-    """Medium ResNet: wider than S."""
+    """Medium ResNet: S with two blocks per stage."""
     return _make("nsp_resnet_m", **kwargs)
 
 
 @register_model
 def nsp_resnet_l(pretrained: bool = False, **kwargs: object) -> SmallResNet:
-    """Large ResNet: wider and deeper than M."""
+    """Large ResNet: S with three blocks per stage."""
     return _make("nsp_resnet_l", **kwargs)
+
+
+@register_model
+def nsp_resnet_mw(pretrained: bool = False, **kwargs: object) -> SmallResNet:
+    """Wide medium ResNet (48-96-192, two blocks per stage)."""
+    return _make("nsp_resnet_mw", **kwargs)
+
+
+@register_model
+def nsp_resnet_lw(pretrained: bool = False, **kwargs: object) -> SmallResNet:
+    """Wide large ResNet (64-128-256, three blocks per stage)."""
+    return _make("nsp_resnet_lw", **kwargs)

@@ -9,7 +9,6 @@ Output (a directory, one DVC output): ``shard-XXXXX.parquet`` + ``stats.json`` +
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from nsp.config import PseudoConfig
+from nsp.errors import NSPError
 from nsp.io import write_json
 from nsp.pseudo.balance import class_histogram, class_thresholds, copy_counts, threshold_grid
 
@@ -35,7 +35,7 @@ def teacher_probs(
     """softmax(logits / T) of the un-noised teacher for a uint8 NHWC batch."""
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(x_nhwc)).permute(0, 3, 1, 2)
-    return F.softmax(model(x).float() / temperature, dim=1).numpy()
+    return F.softmax(model(x).float() / temperature, dim=1).cpu().numpy()
 
 
 def soft_targets(probs: np.ndarray, *, soft: bool, label_smoothing: float) -> np.ndarray:
@@ -190,33 +190,80 @@ def build_pseudo_label_set(
     truth: np.ndarray | None = None,
     provenance: dict[str, Any] | None = None,
     progress: bool = True,
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, Any]:
-    """Label ``n`` unlabeled images and write the set atomically into ``out_dir``; returns stats."""
+    """Label ``n`` unlabeled images and write the set atomically into ``out_dir``; returns stats.
+
+    With ``world > 1`` (torchrun) rank r labels shards r, r + world, ... into a shared work dir; the
+    per-class histograms are summed across ranks and rank 0 balances and publishes the set, which is
+    identical to the single-process result (balancing randomness is keyed by sample index).
+    """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work = out_dir.parent / f".{out_dir.name}.work"
     try:
-        raw = work / "raw"
-        final = work / "set"
-        final.mkdir()
-        hist = predict_shards(
-            model=model,
-            get_batch=get_batch,
-            n=n,
-            num_classes=num_classes,
-            cfg=cfg,
-            out_dir=raw,
-            progress=progress,
-        )
-        stats = finalize_shards(raw_dir=raw, out_dir=final, hist=hist, cfg=cfg, truth=truth)
-        write_json(final / "stats.json", stats)
-        write_json(final / "provenance.json", provenance or {})
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        final.rename(out_dir)
+        if rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+            (work / "set").mkdir(parents=True)
+        _barrier(world)
+        grid_len = len(threshold_grid(cfg.threshold))
+        hist = np.zeros((num_classes, grid_len), dtype=np.int64)
+        for k, s0 in enumerate(range(0, n, cfg.shard_size)):
+            if k % world == rank:
+                hist += predict_shards(
+                    model=model,
+                    get_batch=get_batch,
+                    n=n,
+                    num_classes=num_classes,
+                    cfg=cfg,
+                    out_dir=work / "raw",
+                    start=s0,
+                    stop=min(s0 + cfg.shard_size, n),
+                    progress=progress and rank == 0,
+                )
+        hist = _sum_across_ranks(hist, world)
+        stats: dict[str, Any] = {}
+        if rank == 0:
+            final = work / "set"
+            stats = finalize_shards(
+                raw_dir=work / "raw", out_dir=final, hist=hist, cfg=cfg, truth=truth
+            )
+            write_json(final / "stats.json", stats)
+            write_json(final / "provenance.json", provenance or {})
+            old = out_dir.parent / f".{out_dir.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if out_dir.exists():
+                out_dir.rename(old)
+            final.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        _barrier(world)
+        return stats
+    except OSError as exc:
+        raise NSPError(
+            f"{out_dir}: cannot write the pseudo-label set ({exc.strerror or exc}); free disk space "
+            "and re-run the stage (the previous set is untouched)"
+        ) from None
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return stats
+        if rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _sum_across_ranks(hist: np.ndarray, world: int) -> np.ndarray:
+    if world == 1:
+        return hist
+    import torch.distributed as dist
+
+    t = torch.from_numpy(hist)
+    dist.all_reduce(t)
+    return t.numpy()
 
 
 def load_pseudo_label_set(path: str | Path, num_classes: int) -> dict[str, np.ndarray]:

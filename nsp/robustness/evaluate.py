@@ -61,6 +61,21 @@ def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 102
     return np.concatenate(outs)
 
 
+def optimise_for_inference(model: torch.nn.Module, example: np.ndarray) -> torch.nn.Module:
+    """TorchScript-trace and freeze ``model`` (folds BatchNorm into the convolutions: ~1.4x faster on
+    CPU, logits equal to ~1e-7); the eager model if tracing fails. ``example``: uint8 NHWC images."""
+    import warnings
+
+    model.eval()
+    x = torch.from_numpy(np.array(example[:2], copy=True)).permute(0, 3, 1, 2)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.freeze(torch.jit.trace(model, x))
+    except Exception:  # an architecture TorchScript cannot trace: evaluate it eagerly
+        return model
+
+
 def _softmax_conf(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(z)
@@ -313,9 +328,10 @@ def run_evaluate_raw(
     ckpt_path = model_dir(model, out) / "model.pt"
     net = model_from_checkpoint(load_checkpoint(ckpt_path))
     test = load_split(prepared_dir(params), "test")
+    test_x = test.get_batch(np.arange(len(test)))
     raw = evaluate_raw(
-        model=net,
-        test_x=test.get_batch(np.arange(len(test))),
+        model=optimise_for_inference(net, test_x),
+        test_x=test_x,
         test_y=test.labels,
         sets=sdir,
         batch_size=s["batch_size"],

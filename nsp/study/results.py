@@ -103,9 +103,14 @@ def show_study(name: str, *, spec_path: str | Path | None = None, top: int = 5) 
         out.write(f"top {min(top, len(done))} of {len(done)} completed:\n")
         out.write(trials_table(done[:top], metrics) + "\n")
     else:
-        out.write(f"Pareto front ({len(best)} trials):\n")
+        out.write(f"Pareto front ({len(best)} trial{'s' if len(best) != 1 else ''}):\n")
         out.write(trials_table(best, metrics) + "\n")
     return out.getvalue()
+
+
+def _represent_null(representer: Any, _: None) -> Any:
+    """Keep ``null`` written as ``null`` (ruamel's default writes nothing)."""
+    return representer.represent_scalar("tag:yaml.org,2002:null", "null")
 
 
 def apply_trial(
@@ -149,6 +154,7 @@ def apply_trial(
     yaml = YAML()
     yaml.preserve_quotes = True
     yaml.width = 4096
+    yaml.representer.add_representer(type(None), _represent_null)
     doc = yaml.load(path.read_text())
     changes: list[tuple[str, Any, Any]] = []
     for pname, value in trial.params.items():

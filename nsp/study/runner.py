@@ -18,6 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nsp.errors import NSPError
 from nsp.study.spec import StudySpec, check_against_params
 from nsp.study.storage import open_study, quiet, trial_time
 
@@ -68,6 +69,7 @@ def prepare_study(
     from nsp.tracking.studies import ensure_study_run
 
     check_against_params(spec, params)
+    preflight(spec, params)
     study, created = open_study(
         spec,
         params=params,
@@ -85,6 +87,20 @@ def prepare_study(
     if new != run_id or PARENT_ATTR not in study.user_attrs:
         study.set_user_attr(PARENT_ATTR, new or "")
     return study
+
+
+def preflight(spec: StudySpec, params: dict[str, Any]) -> None:
+    """Fail before creating anything when the prepared data or the teacher checkpoint is missing."""
+    from nsp.stages import prepared_dir
+
+    manifest = prepared_dir(params) / "manifest.json"
+    if not manifest.is_file():
+        raise NSPError(f"{manifest} not found; run `dvc repro prepare` (nsp prepare) first")
+    if not spec.teacher.startswith("models:/") and not Path(spec.teacher).is_file():
+        raise NSPError(
+            f"{spec.where}: teacher {spec.teacher} not found; run `dvc repro teacher` (or dvc pull) "
+            "or point teacher: at a checkpoint / models:/NAME@ALIAS"
+        )
 
 
 def _system_attrs(trial: optuna.Trial) -> dict[str, Any]:
@@ -164,10 +180,7 @@ def run_worker(
         torch.set_num_threads(int(threads))
     n_trials = n_trials or spec.n_trials
     study = prepare_study(spec, params, worker_index=worker_index)
-    t0 = time.perf_counter()
-    ctx = build_context(params, spec)
-    _log(worker_index, f"ready in {time.perf_counter() - t0:.1f} s; teacher {ctx.teacher_desc}")
-    objective = _objective(ctx, spec.name, worker_index)
+    objective = None
     storage = study._storage
     while deadline is None or time.time() < deadline:
         if hasattr(storage, "_get_stale_trial_ids"):
@@ -179,6 +192,12 @@ def run_worker(
                 break
             time.sleep(poll)  # others are still running (or about to go stale): wait for them
             continue
+        if objective is None:  # data + teacher logits load only when there is work
+            t0 = time.perf_counter()
+            ctx = build_context(params, spec)
+            took = time.perf_counter() - t0
+            _log(worker_index, f"ready in {took:.1f} s; teacher {ctx.teacher_desc}")
+            objective = _objective(ctx, spec.name, worker_index)
         study.optimize(
             objective,
             n_trials=1,

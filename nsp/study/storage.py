@@ -116,31 +116,61 @@ def make_storage(
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    try:
-        with quiet():
-            return RDBStorage(
-                url,
-                heartbeat_interval=None if interval is None else int(interval),
-                grace_period=None if grace is None else int(grace),
-                heartbeat_stale_trial_callback=stale_callback if interval is not None else None,
-                **kwargs,
-            )
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise NSPError(
-            f"storage {url!r}: database driver missing ({exc.name}); pip install it "
-            "(e.g. psycopg2-binary for postgresql://)"
-        ) from None
-    except Exception as exc:  # sqlalchemy.exc.ArgumentError / OperationalError
-        raise NSPError(
-            f"storage {url!r} cannot be opened ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "fix storage: in the study spec"
-        ) from None
+    for attempt in range(3):
+        try:
+            with _file_lock(url), quiet():
+                return RDBStorage(
+                    url,
+                    heartbeat_interval=None if interval is None else int(interval),
+                    grace_period=None if grace is None else int(grace),
+                    heartbeat_stale_trial_callback=stale_callback if interval is not None else None,
+                    **kwargs,
+                )
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise NSPError(
+                f"storage {url!r}: database driver missing ({exc.name}); pip install it "
+                "(e.g. psycopg2-binary for postgresql://)"
+            ) from None
+        except Exception as exc:  # sqlalchemy.exc.ArgumentError / OperationalError
+            if "already exists" in str(exc) and attempt < 2:
+                time.sleep(1.0)  # another process created the schema at the same moment
+                continue
+            raise NSPError(
+                f"storage {url!r} cannot be opened ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0]}); fix storage: in the study spec"
+            ) from None
+    raise AssertionError("unreachable")
 
 
-def make_sampler(spec: StudySpec, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """Seeded TPE; worker ``i`` uses seed+i so parallel workers do not propose the same points."""
+@contextlib.contextmanager
+def _file_lock(url: str) -> Iterator[None]:
+    """Serialise opening a local sqlite study file (Optuna creates its schema on first open)."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
+        yield
+        return
+    import fcntl
+    import hashlib
+    import tempfile
+
+    db = Path(url[len("sqlite:///") :]).resolve()
+    locks = Path(tempfile.gettempdir()) / "nsp-locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / (hashlib.sha256(str(db).encode()).hexdigest()[:16] + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def make_sampler(
+    spec: StudySpec, worker_index: int = 0, n_existing: int = 0
+) -> optuna.samplers.BaseSampler:
+    """Seeded TPE. The seed mixes in the worker index and the number of trials already in the
+    study, so parallel workers and resumed runs do not replay the same random proposals."""
     s = spec.sampler
-    kwargs: dict[str, Any] = {"seed": int(s.get("seed", 0)) + int(worker_index)}
+    seed = (int(s.get("seed", 0)) + 1000 * int(worker_index) + 7919 * int(n_existing)) % 2**31
+    kwargs: dict[str, Any] = {"seed": seed}
     if s.get("n_startup_trials") is not None:
         kwargs["n_startup_trials"] = int(s["n_startup_trials"])
     if s.get("multivariate"):
@@ -226,6 +256,7 @@ def open_study(
     if create and (created or not study.user_attrs.get("nsp_baseline_enqueued")):
         study.enqueue_trial(spec.baseline(params), skip_if_exists=True)
         study.set_user_attr("nsp_baseline_enqueued", True)
+    study.sampler = make_sampler(spec, worker_index, len(study.get_trials(deepcopy=False)))
     return study, created
 
 

@@ -194,6 +194,12 @@ def _parent_run(mlflow: Any, exp_id: str, stage: str, tags: dict[str, Any]) -> s
 
 
 @contextlib.contextmanager
+def null_run() -> Iterator[Any]:
+    """A tracker that records nothing (tracking disabled, or a non-zero torchrun rank)."""
+    yield _NullTracker()
+
+
+@contextlib.contextmanager
 def stage_run(
     *,
     params: dict[str, Any],

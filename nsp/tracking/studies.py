@@ -45,10 +45,13 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
         return
     import fcntl
+    import hashlib
+    import tempfile
 
-    lock = Path(uri[len("sqlite:///") :] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
+    db = Path(uri[len("sqlite:///") :]).resolve()
+    locks = Path(tempfile.gettempdir()) / "nsp-locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / (hashlib.sha256(str(db).encode()).hexdigest()[:16] + ".lock"), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -36,7 +36,7 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(float(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.mean) / self.std
+        x = (x.to(self.mean.device, non_blocking=True).float() - self.mean) / self.std
         return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
@@ -68,6 +68,16 @@ class PseudoBatchSource:
     index: torch.Tensor  # int64 (M,)
     targets: torch.Tensor  # float32 (M, K), rows sum to 1
     counts: torch.Tensor  # int64 (M,), duplication counts (>= 1)
+
+
+def default_device() -> torch.device:
+    """``NSP_DEVICE`` if set, else CUDA when available, else CPU."""
+    import os
+
+    name = os.environ.get("NSP_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
 
 
 def to_nchw(x: np.ndarray) -> torch.Tensor:
@@ -111,12 +121,18 @@ class _Noise:
             self.ra = RandAugmentBatch(num_ops=n.ra_num_ops, magnitude=n.ra_magnitude, fill=0)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if self.crop_flip:
-            from nsp.noise.randaugment import random_crop_flip
+        # Many tiny uint8 ops: one thread is as fast and immune to OpenMP spin-waits on a busy host.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if self.crop_flip:
+                from nsp.noise.randaugment import random_crop_flip
 
-            x = random_crop_flip(x, pad=max(1, x.shape[-1] // 8), flip=self.flip, generator=gen)
-        if self.ra is not None:
-            x = self.ra(x, generator=gen)
+                x = random_crop_flip(x, pad=max(1, x.shape[-1] // 8), flip=self.flip, generator=gen)
+            if self.ra is not None:
+                x = self.ra(x, generator=gen)
+        finally:
+            torch.set_num_threads(threads)
         return x
 
 
@@ -139,7 +155,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
-    return float((predict_logits(model, x, batch_size).argmax(1) == y).float().mean())
+    return float((predict_logits(model, x, batch_size).argmax(1).cpu() == y.cpu()).float().mean())
 
 
 class _Ema:
@@ -193,8 +209,8 @@ def train_model(
     ``state_path``: every epoch the full training state (weights, optimizer, EMA, RNG and sampler states,
     step, history) is written there atomically; if it exists at start, training resumes from it.
     Under torchrun (torch.distributed initialised) each rank takes its slice of every global batch (the
-    noise is drawn for the global batch, so results match one process), BN is synchronised and gradients
-    are averaged by DDP.
+    noise is drawn for the global batch, so every sample gets the noise it gets in one process),
+    gradients are averaged by DDP and BN is synchronised on GPUs (on CPU each rank's BN sees its half).
     """
     rank, world = _dist()
     torch.manual_seed(cfg.seed)
@@ -213,6 +229,8 @@ def train_model(
     )
     if init_state is not None:
         model.load_state_dict(init_state)
+    device = default_device()
+    model = model.to(device)
     noise = _Noise(cfg)
     lab = _EpochSampler(len(labeled_x), cfg.batch_size, gen)
     unl = None
@@ -266,7 +284,11 @@ def train_model(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_net = DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(model))
+        # SyncBatchNorm needs a GPU; on CPU (gloo) each rank normalises its own half-batch.
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
+        train_net = DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None
+        )
         model = train_net.module
         if ema is not None:
             ema.model = copy.deepcopy(model).eval()
@@ -294,7 +316,10 @@ def train_model(
             tu = pseudo.targets[rows]
         else:
             x = xb
-        x = noise(x, gen)
+        x = noise(x.to(device, non_blocking=True), gen)
+        yb = yb.to(device)
+        if pseudo is not None:
+            tu = tu.to(device)
         if world > 1:  # this rank's slice of the labeled and of the unlabeled part
             lsl = slice(rank * n_lab // world, (rank + 1) * n_lab // world)
             yb = yb[lsl]
@@ -315,7 +340,7 @@ def train_model(
             run_unl += float(loss_u.detach())
         if not torch.isfinite(loss):
             raise NSPError(
-                f"{cfg.name}: loss is {float(loss)} at step {step}; lower {cfg.name}.lr or check the inputs"
+                f"{cfg.name}: loss is {float(loss.detach())} at step {step}; lower {cfg.name}.lr or check the inputs"
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
