@@ -198,3 +198,39 @@ def test_config_rejects_out_of_range_and_unknown_keys():
         C.student_config({"generations": {"g1": {"unlabeled_ratio": 0}}}, "g1")
     with pytest.raises(NSPError, match="generations.g2.teacher='g5' does not exist"):
         C.teacher_of({"generations": {"g1": {}, "g2": {"teacher": "g5"}}}, "g2")
+
+
+def test_growing_s_to_m_to_l_preserves_the_function():
+    from nsp.models.resnet import grow_state_dict
+    from nsp.train.engine import make_classifier
+
+    torch.manual_seed(0)
+    teacher = make_classifier(arch="nsp_resnet_s", num_classes=10, in_chans=1).eval()
+    for mod in teacher.modules():  # a non-trivial teacher (zero-init BN would hide mistakes)
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(mod.bias, -0.1, 0.1)
+    x = torch.randint(0, 256, (4, 1, 32, 32)).float()
+    prev, prev_arch = teacher, "nsp_resnet_s"
+    for arch in ("nsp_resnet_m", "nsp_resnet_l"):
+        student = make_classifier(arch=arch, num_classes=10, in_chans=1).eval()
+        student.load_state_dict(
+            grow_state_dict(
+                prev.state_dict(),
+                teacher_arch=prev_arch,
+                student_state=student.state_dict(),
+                student_arch=arch,
+                prefix="net.",
+            )
+        )
+        assert count_params(student) > count_params(prev)
+        assert torch.allclose(student(x), teacher(x), atol=1e-5)
+        prev, prev_arch = student, arch
+    with pytest.raises(ValueError, match="cannot grow nsp_resnet_xs into nsp_resnet_s"):
+        grow_state_dict(
+            make_classifier(arch="nsp_resnet_xs", num_classes=10, in_chans=1).state_dict(),
+            teacher_arch="nsp_resnet_xs",
+            student_state=teacher.state_dict(),
+            student_arch="nsp_resnet_s",
+            prefix="net.",
+        )

@@ -104,7 +104,7 @@ def test_robustness_sets_are_built_from_the_held_out_pool(tiny_pipeline):
     kept = np.load(sets / "a_pool_index.npy")
     np.testing.assert_array_equal(kept, np.flatnonzero(pred != pool_y))
     np.testing.assert_array_equal(np.load(sets / "a_x.npy"), pool_x[kept])
-    m = json.loads((root / "outputs/robustness/sets.metrics.json").read_text())
+    m = json.loads((root / "outputs/robustness/sets_metrics.json").read_text())
     assert m["a_pool_size"] == 100 and m["a_kept"] == len(kept)
     assert m["a_reference_pool_acc"] == pytest.approx(1 - len(kept) / 100)
     assert summary["a"]["reference"]["train_images"] == 500  # labeled + val + unlabeled
@@ -159,5 +159,5 @@ def test_evaluate_runs_are_tracked_per_model(tiny_pipeline):
     rb = stages["robustness"].data.metrics
     assert (
         rb["a_kept"]
-        == json.loads((root / "outputs/robustness/sets.metrics.json").read_text())["a_kept"]
+        == json.loads((root / "outputs/robustness/sets_metrics.json").read_text())["a_kept"]
     )

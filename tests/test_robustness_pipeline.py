@@ -388,7 +388,7 @@ def test_robustness_stage_uses_only_the_held_out_pool(project, capsys):
     rc, out, err = _cli(capsys, "robustness", "--no-progress")
     assert rc == 0, err
     assert out.startswith("robustness sets: -C 8 images") and "of 50 pool images" in out
-    metrics = json.loads(Path("outputs/robustness/sets.metrics.json").read_text())
+    metrics = json.loads(Path("outputs/robustness/sets_metrics.json").read_text())
     sets = Path("outputs/robustness/sets")
     a_idx = _orig_index(np.load(sets / "a_x.npy"))
     pool = _orig_index(np.asarray(load_split("data/prepared", "apool").images))

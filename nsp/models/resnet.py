@@ -28,8 +28,8 @@ SPECS: dict[str, ResNetSpec] = {
     # S -> M -> L grow in depth at equal width: a student can start from its teacher's function
     # (extra residual blocks are zero-initialised, i.e. identity) -- see ``grow_state_dict``.
     "nsp_resnet_s": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(1, 1, 1)),
-    "nsp_resnet_m": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(2, 2, 2)),
-    "nsp_resnet_l": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(3, 3, 3)),
+    "nsp_resnet_m": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(1, 1, 2)),
+    "nsp_resnet_l": ResNetSpec(stem=24, widths=(32, 64, 128), depths=(1, 2, 2)),
     # wider variants for larger data
     "nsp_resnet_mw": ResNetSpec(stem=32, widths=(48, 96, 192), depths=(2, 2, 2)),
     "nsp_resnet_lw": ResNetSpec(stem=32, widths=(64, 128, 256), depths=(3, 3, 3)),
@@ -169,13 +169,13 @@ def nsp_resnet_s(pretrained: bool = False, **kwargs: object) -> SmallResNet:
 
 @register_model
 def nsp_resnet_m(pretrained: bool = False, **kwargs: object) -> SmallResNet:
-    """Medium ResNet: S with two blocks per stage."""
+    """Medium ResNet: S plus a second block in the last stage."""
     return _make("nsp_resnet_m", **kwargs)
 
 
 @register_model
 def nsp_resnet_l(pretrained: bool = False, **kwargs: object) -> SmallResNet:
-    """Large ResNet: S with three blocks per stage."""
+    """Large ResNet: S plus second blocks in the last two stages."""
     return _make("nsp_resnet_l", **kwargs)
 
 

@@ -194,13 +194,9 @@ def _save_reference(
     in_chans: int,
     class_names: list[str],
 ) -> None:
-    """An NSP checkpoint of the reference model, byte-deterministic.
-
-    ``torch.save`` to a path names the zip records after the file (here a random temp name), so the
-    checkpoint is re-serialised through a file object (records under ``archive/``).
-    """
+    """An NSP checkpoint of the reference model (no wall-clock fields: equal training, equal bytes)."""
     from nsp import config as C
-    from nsp.checkpoint import load_checkpoint, save_checkpoint
+    from nsp.checkpoint import save_checkpoint
 
     save_checkpoint(
         path,
@@ -212,9 +208,6 @@ def _save_reference(
         metrics={k: v for k, v in metrics.items() if "seconds" not in k and "per_s" not in k},
         class_names=class_names,
     )
-    payload = load_checkpoint(path)
-    with open(path, "wb") as fh:
-        torch.save(payload, fh)
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -419,7 +412,7 @@ def _all_images(split: Any) -> np.ndarray:
 def run_robustness(
     params: dict[str, Any], *, out: Path = Path("outputs"), progress: bool = True
 ) -> dict[str, Any]:
-    """The ``robustness`` stage: build the sets, write ``robustness/sets.metrics.json``, track it."""
+    """The ``robustness`` stage: build the sets, write ``robustness/sets_metrics.json``, track it."""
     from nsp import config as C
     from nsp import tracking
     from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
@@ -483,7 +476,7 @@ def run_robustness(
             **summary["timings"],
             "build_seconds": time.perf_counter() - t0,
         }
-        write_json(out / "robustness" / "sets.metrics.json", metrics)
+        write_json(out / "robustness" / "sets_metrics.json", metrics)
         summary_hash = sha256_file(sets_dir(out) / SUMMARY)
         tr.log_final(
             metrics,
