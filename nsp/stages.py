@@ -184,7 +184,6 @@ def run_teacher(
     params: dict[str, Any], *, out: Path = OUT, progress: bool = True
 ) -> dict[str, Any]:
     """Generation 0: train the teacher on ``labeled`` (with noise), select on ``val``."""
-    from nsp.train.engine import train_model
 
     rank, _world = _threads()
     cfg = C.teacher_config(params)
@@ -193,8 +192,36 @@ def run_teacher(
     source = (params.get("teacher") or {}).get("source")
     if source:
         return _teacher_from_registry(params, source=source, cfg=cfg, data=data, tags=tags, out=out)
+    return _train_supervised(
+        params,
+        name="teacher",
+        generation=0,
+        cfg=cfg,
+        data=data,
+        tags=tags,
+        rank=rank,
+        out=out,
+        progress=progress,
+    )
+
+
+def _train_supervised(
+    params: dict[str, Any],
+    *,
+    name: str,
+    generation: int,
+    cfg: C.TrainConfig,
+    data: dict[str, Any],
+    tags: dict[str, Any],
+    rank: int,
+    out: Path,
+    progress: bool,
+) -> dict[str, Any]:
+    """Labeled-only training (the teacher and the baseline), tracked and written like every stage."""
+    from nsp.train.engine import train_model
+
     with _tracker(
-        params, stage="teacher", generation=0, config=C.to_dict(cfg), tags=tags, rank=rank
+        params, stage=name, generation=generation, config=C.to_dict(cfg), tags=tags, rank=rank
     ) as tr:
         result = train_model(
             cfg=cfg,
@@ -205,10 +232,10 @@ def run_teacher(
             num_classes=data["num_classes"],
             on_epoch=tr.log_epoch,
             progress=progress,
-            state_path=_state_path("teacher", out),
+            state_path=_state_path(name, out),
         )
         return _finish_model(
-            name="teacher",
+            name=name,
             result=result,
             cfg=cfg,
             data=data,
@@ -453,7 +480,6 @@ def run_baseline(
     params: dict[str, Any], *, out: Path = OUT, progress: bool = True
 ) -> dict[str, Any]:
     """Supervised-only baseline: the final student's arch and noise on ``labeled``, >= the student's steps."""
-    from nsp.train.engine import train_model
 
     rank, _world = _threads()
     gens = C.generation_keys(params)
@@ -474,27 +500,14 @@ def run_baseline(
         "dvc_stage": "baseline",
         "matched_steps_of": match,
     }
-    with _tracker(
-        params, stage="baseline", generation=-1, config=C.to_dict(cfg), tags=tags, rank=rank
-    ) as tr:
-        result = train_model(
-            cfg=cfg,
-            labeled_x=data["labeled_x"],
-            labeled_y=data["labeled_y"],
-            val_x=data["val_x"],
-            val_y=data["val_y"],
-            num_classes=data["num_classes"],
-            on_epoch=tr.log_epoch,
-            progress=progress,
-            state_path=_state_path("baseline", out),
-        )
-        return _finish_model(
-            name="baseline",
-            result=result,
-            cfg=cfg,
-            data=data,
-            tracker=tr,
-            extra_metrics={},
-            lineage={"data_manifest_sha256": data["manifest_hash"]},
-            out=out,
-        )
+    return _train_supervised(
+        params,
+        name="baseline",
+        generation=-1,
+        cfg=cfg,
+        data=data,
+        tags=tags,
+        rank=rank,
+        out=out,
+        progress=progress,
+    )

@@ -37,8 +37,22 @@ def test_runs_are_nested_under_one_pipeline_run(tiny_pipeline):
         "pseudo_label@g2",
         "student@g2",
         "baseline",
+        "robustness",
+        "evaluate@teacher",
+        "evaluate@g1",
+        "evaluate@g2",
+        "evaluate@baseline",
     }
-    for r in stages.values():
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in stages.values())
+    for name in (
+        "teacher",
+        "pseudo_label@g1",
+        "student@g1",
+        "pseudo_label@g2",
+        "student@g2",
+        "baseline",
+    ):
+        r = stages[name]
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert r.info.status == "FINISHED"
         assert len(r.data.tags["data_manifest_sha256"]) == 64

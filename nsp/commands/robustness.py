@@ -22,13 +22,16 @@ def run(args: argparse.Namespace) -> int:
 
     from nsp.config import load_params
     from nsp.robustness.build import run_robustness
+    from nsp.robustness.corruptions import CORRUPTIONS, SEVERITIES
+    from nsp.robustness.perturbations import PERTURBATIONS
 
     m = run_robustness(
         load_params(args.params), out=Path(args.outputs), progress=not args.no_progress
     )
     print(
-        f"robustness sets: -C {m['c_images']} images x 19 corruptions x 5 severities, "
-        f"-P {m['p_images']} images x 14 perturbations, -A {m['a_kept']} of {m['a_pool_size']} "
+        f"robustness sets: -C {m['c_images']} images x {len(CORRUPTIONS)} corruptions x "
+        f"{len(SEVERITIES)} severities, -P {m['p_images']} images x {len(PERTURBATIONS)} "
+        f"perturbations, -A {m['a_kept']} of {m['a_pool_size']} "
         f"pool images (reference pool acc {m['a_reference_pool_acc']:.4f}) "
         f"in {m['build_seconds']:.0f}s"
     )

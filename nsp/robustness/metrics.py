@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from nsp.errors import NSPError
+from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS
 
 __all__ = [
     "ALEXNET_CLEAN_ERR",
@@ -49,23 +50,7 @@ __all__ = [
 ]
 
 #: The 15 benchmark corruptions of ImageNet-C / CIFAR-10-C in the standard order.
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+CORRUPTIONS: tuple[str, ...] = BENCHMARK_CORRUPTIONS
 
 #: AlexNet top-1 error on the real ImageNet-C, averaged over the 5 severities (fractions).
 ALEXNET_ERR: dict[str, float] = {

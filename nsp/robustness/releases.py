@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nsp.errors import NSPError
+from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, HELDOUT_CORRUPTIONS
 from nsp.robustness.wnids import IMAGENET_A_INDICES, IMAGENET_R_INDICES, IMAGENET_WNIDS
 
 __all__ = [
@@ -55,27 +56,7 @@ __all__ = [
 ]
 
 #: The 15 benchmark corruptions followed by the 4 extra ones shipped with the releases.
-IMAGENET_C_CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-    "speckle_noise",
-    "gaussian_blur",
-    "spatter",
-    "saturate",
-)
+IMAGENET_C_CORRUPTIONS: tuple[str, ...] = BENCHMARK_CORRUPTIONS + HELDOUT_CORRUPTIONS
 CIFAR_C_CORRUPTIONS: tuple[str, ...] = IMAGENET_C_CORRUPTIONS
 #: ImageNet-P / CIFAR-10-P perturbation folders (noise ones come in 3 difficulties).
 IMAGENET_P_PERTURBATIONS: tuple[str, ...] = (
