@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import yaml
 
 from nsp.bench import BenchSizes, model_flops_per_image, repro_seconds, synthetic_images
 from nsp.cli import main
@@ -87,16 +88,19 @@ def test_bench_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert m["cores"] >= 1 and m["torch"] == torch.__version__ and m["cpu"]
     assert m["torch_threads"] == 1
     s = res["sizes"]
+    student = yaml.safe_load((REPO / "params.yaml").read_text())["student"]
+    unl = int(round(8 * student["unlabeled_ratio"]))  # sizes and noise come from params.yaml
     assert (s["arch"], s["labeled_batch"], s["unlabeled_batch"], s["batch"]) == (
         "nsp_resnet_xs",
         8,
-        24,  # params.yaml: student.unlabeled_ratio 3
-        32,
+        unl,
+        8 + unl,
     )
     assert s["c_corruptions"] == 19
     assert res["c_set_images"] == s["c_images"] * 19 * len(s["c_severities"])
     assert len(res["c_per_corruption_ms_per_image"]) == 19
-    assert res["noise"]["dropout"] == 0.3 and res["noise"]["drop_path"] == 0.2
+    assert res["noise"]["dropout"] == student["noise"]["dropout"]
+    assert res["noise"]["drop_path"] == student["noise"]["drop_path"]
     assert set(res["meets_targets"]) == set(res["targets"])
     assert res["loadavg_start"] and res["bench_seconds"] > 0
 
