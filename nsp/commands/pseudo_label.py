@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from nsp.config import load_params
 
     s = stages.run_pseudo_label(load_params(args.params), args.gen, progress=not args.no_progress)
+    if not s:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     acc = s["pseudo_label_acc"]
     print(
         f"pseudo_label@{args.gen}: stream={s['stream_size']} unique={s['num_kept_unique']}"

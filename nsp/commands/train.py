@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
                 "nsp train student needs --gen (a key of `generations:` in params.yaml, e.g. g1)"
             )
         m = stages.run_student(params, args.gen, progress=progress)
+    if "test_acc" not in m:  # a non-zero torchrun rank: rank 0 writes and reports
+        return 0
     print(
         f"{args.gen or args.role}: test_acc={m['test_acc']:.4f} val_acc={m['val_acc']:.4f} "
         f"steps={m['steps']} {m['train_seconds']:.0f}s"
