@@ -25,20 +25,13 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 import yaml
 
+from nsp.report import ROBUST_COLUMNS
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 CACHE_TTL = 60
 PER_EPOCH = ("val_acc", "train_loss", "labeled_loss", "unlabeled_loss", "lr")
-ROBUST_KEYS = (
-    "a_acc",
-    "mce",
-    "rel_mce",
-    "mean_corruption_error",
-    "mfr",
-    "mt5d",
-    "calib_err",
-    "a_calib_err",
-)
+ROBUST_KEYS = ROBUST_COLUMNS
 #: Columns of the Generations table (clean accuracy first, then robustness, then pseudo labels).
 GEN_METRICS = (
     "test_acc",

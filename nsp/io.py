@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -69,3 +70,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def sqlite_file_lock(url: str) -> Iterator[None]:
+    """Serialise first use of a local sqlite store across processes (schema creation races)."""
+    if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
+        yield
+        return
+    db = Path(url[len("sqlite:///") :]).resolve()
+    locks = Path(tempfile.gettempdir()) / "nsp-locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / (hashlib.sha256(str(db).encode()).hexdigest()[:16] + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

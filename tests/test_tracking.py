@@ -245,3 +245,33 @@ def test_unreachable_server_is_a_clear_error(tiny_pipeline, tmp_path):
     assert (
         proj / "outputs/models/teacher/model.pt"
     ).read_bytes() == before  # previous output intact
+
+
+def test_teacher_can_come_from_the_registry(tiny_pipeline, tmp_path):
+    """`teacher.source: models:/NAME@ALIAS` takes the teacher from the registry instead of training."""
+    import shutil
+
+    import yaml
+
+    proj = tmp_path / "proj"
+    shutil.copytree(tiny_pipeline["root"], proj)
+    env = dict(tiny_pipeline["env"], MLFLOW_TRACKING_URI=f"sqlite:///{proj / 'mlflow.db'}")
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["teacher"]["source"] = "models:/nsp-tiny@gen-1"
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["nsp", "train", "teacher", "--no-progress"], proj, env)
+    got = json.loads((proj / "outputs/models/teacher/metrics.json").read_text())
+    g1 = json.loads((proj / "outputs/models/g1/metrics.json").read_text())
+    assert got["test_acc"] == pytest.approx(g1["test_acc"], abs=1e-4)
+    cfg = json.loads((proj / "outputs/models/teacher/config.json").read_text())
+    assert (
+        cfg["config"]["arch"] == "nsp_resnet_xs"
+        and cfg["lineage"]["source"] == "models:/nsp-tiny@gen-1"
+    )
+    c = _client(proj)
+    teacher_v = c.get_model_version_by_alias("nsp-tiny", "teacher")
+    assert teacher_v.tags["checkpoint_sha256"] == got["checkpoint_sha256"]
+    params["teacher"]["source"] = "models:/nsp-tiny@nope"
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bad = run(["nsp", "train", "teacher", "--no-progress"], proj, env, check=False)
+    assert bad.returncode == 2 and "alias 'nope' not found" in bad.stderr

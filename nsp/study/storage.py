@@ -24,6 +24,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from nsp.errors import NSPError
+from nsp.io import sqlite_file_lock
 from nsp.study.spec import StudySpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -118,7 +119,7 @@ def make_storage(
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     for attempt in range(3):
         try:
-            with _file_lock(url), quiet():
+            with sqlite_file_lock(url), quiet():
                 return RDBStorage(
                     url,
                     heartbeat_interval=None if interval is None else int(interval),
@@ -140,27 +141,6 @@ def make_storage(
                 f"{str(exc).splitlines()[0]}); fix storage: in the study spec"
             ) from None
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _file_lock(url: str) -> Iterator[None]:
-    """Serialise opening a local sqlite study file (Optuna creates its schema on first open)."""
-    if not url.startswith("sqlite:///") or url.startswith("sqlite:///:memory:"):
-        yield
-        return
-    import fcntl
-    import hashlib
-    import tempfile
-
-    db = Path(url[len("sqlite:///") :]).resolve()
-    locks = Path(tempfile.gettempdir()) / "nsp-locks"
-    locks.mkdir(exist_ok=True)
-    with open(locks / (hashlib.sha256(str(db).encode()).hexdigest()[:16] + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def make_sampler(

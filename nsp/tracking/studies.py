@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nsp.errors import NSPError
+from nsp.io import sqlite_file_lock
 from nsp.tracking import _experiment_id, _flatten, _numeric, connect, git_commit, settings
 
 STUDY_SUFFIX = "-studies"
@@ -38,27 +39,6 @@ def enabled(params: dict[str, Any]) -> bool:
     return settings(params)["enabled"]
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise first use of a sqlite store across local processes (schema creation races)."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-    import hashlib
-    import tempfile
-
-    db = Path(uri[len("sqlite:///") :]).resolve()
-    locks = Path(tempfile.gettempdir()) / "nsp-locks"
-    locks.mkdir(exist_ok=True)
-    with open(locks / (hashlib.sha256(str(db).encode()).hexdigest()[:16] + ".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 _READY: dict[tuple[str, str], str] = {}
 
 
@@ -70,7 +50,7 @@ def _client(params: dict[str, Any]) -> tuple[Any, str]:
     if key in _READY:
         mlflow = connect(cfg["uri"])
         return mlflow.MlflowClient(), _READY[key]
-    with _store_lock(cfg["uri"]):
+    with sqlite_file_lock(cfg["uri"]):
         mlflow = connect(cfg["uri"])
         try:
             exp_id = _retry(_experiment_id, mlflow, name, cfg["uri"])
