@@ -35,4 +35,8 @@ if [ ! -e "$DATA/train-images-idx3-ubyte.gz" ] && [ ! -e "$DATA/train-images-idx
     echo "[bootstrap] WARNING: Fashion-MNIST not found in $DATA; set NSP_DATA_DIR (see README)" >&2
   fi
 fi
+# Headless Chromium for the dashboard's real-browser test (best effort; the test skips without it).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -q chromium >&2 || true
+fi
 echo "$VENV"
