@@ -396,8 +396,6 @@ def pull_model(
     *, ref: str, out_dir: str | Path, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Download a registered version: ``model.pt`` (an NSP checkpoint), ``config.json``, the MLflow model dir."""
-    import torch
-
     from nsp.checkpoint import save_checkpoint
 
     mlflow, client = _client_for(params)
@@ -409,15 +407,9 @@ def pull_model(
         artifact_uri=uri, dst_path=str(out_dir / "mlflow_model")
     )
     model = mlflow.pytorch.load_model(local)
-    cfg_dict = json.loads(
-        client.download_artifacts(mv.tags["run_id"], "resolved_config.json", str(out_dir))
-        and (out_dir / "resolved_config.json").read_text()
-    )
-    train_cfg = cfg_dict["config"]
-    net_fc = model.net.fc if hasattr(model.net, "fc") else None
-    num_classes = (
-        int(net_fc.out_features) if net_fc is not None else int(mv.tags.get("num_classes", 0))
-    )
+    resolved = client.download_artifacts(mv.tags["run_id"], "resolved_config.json", str(out_dir))
+    train_cfg = json.loads(Path(resolved).read_text())["config"]
+    num_classes = int(model.net.num_classes)
     in_chans = int(next(p for p in model.parameters() if p.ndim == 4).shape[1])
     metrics = {
         k: float(v) for k, v in mv.tags.items() if k in ("val_acc", "test_acc", "params", "steps")
@@ -444,7 +436,6 @@ def pull_model(
         "mlflow_model": str(Path(local).resolve()),
     }
     write_json(out_dir / "config.json", info)
-    del torch
     return info
 
 
