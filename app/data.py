@@ -33,19 +33,7 @@ CACHE_TTL = 60
 PER_EPOCH = ("val_acc", "train_loss", "labeled_loss", "unlabeled_loss", "lr")
 ROBUST_KEYS = ROBUST_COLUMNS
 #: Columns of the Generations table (clean accuracy first, then robustness, then pseudo labels).
-GEN_METRICS = (
-    "test_acc",
-    "val_acc",
-    "a_acc",
-    "mce",
-    "rel_mce",
-    "mean_corruption_error",
-    "mfr",
-    "mt5d",
-    "calib_err",
-    "a_calib_err",
-    "pseudo_label_acc",
-)
+GEN_METRICS = ("test_acc", "val_acc", *ROBUST_COLUMNS, "pseudo_label_acc")
 LABELS = {
     "test_acc": "clean accuracy",
     "val_acc": "val accuracy",

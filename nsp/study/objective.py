@@ -37,8 +37,10 @@ def _index_batch(idx: np.ndarray) -> np.ndarray:
     return np.asarray(idx, dtype=np.int64).reshape(-1, 1, 1, 1)
 
 
-def load_teacher(params: dict[str, Any], source: str) -> tuple[torch.nn.Module, int, str]:
-    """(model in eval mode, parameter count, description) from a checkpoint path or models:/ URI."""
+def load_teacher(
+    params: dict[str, Any], source: str
+) -> tuple[torch.nn.Module, int, str, dict[str, Any] | None]:
+    """(model in eval mode, parameter count, description, checkpoint or None) from a path or models:/ URI."""
     from nsp.checkpoint import load_checkpoint, model_from_checkpoint
     from nsp.io import sha256_file
     from nsp.models import count_params
@@ -51,13 +53,13 @@ def load_teacher(params: dict[str, Any], source: str) -> tuple[torch.nn.Module, 
         path = res["path"]
         if path is None:
             model = res["model"]
-            return model, count_params(model.net), f"{source} (v{res['version']}, mlflow)"
+            return model, count_params(model.net), f"{source} (v{res['version']}, mlflow)", None
     else:
         path = Path(source)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
     n = ckpt.get("metrics", {}).get("params") or count_params(model.net)
-    return model, int(n), f"{source} ({path}, sha256 {sha256_file(path)[:12]})"
+    return model, int(n), f"{source} ({path}, sha256 {sha256_file(path)[:12]})", ckpt
 
 
 @dataclass
@@ -74,6 +76,7 @@ class TrialContext:
     teacher_desc: str
     corrupted: dict[str, torch.Tensor]  # corruption -> uint8 NCHW val subset
     corrupted_y: torch.Tensor | None
+    teacher_ckpt: dict[str, Any] | None = None  # for init_from_teacher, as in the pipeline
 
 
 def build_context(params: dict[str, Any], spec: StudySpec) -> TrialContext:
@@ -93,7 +96,7 @@ def build_context(params: dict[str, Any], spec: StudySpec) -> TrialContext:
     images = to_nchw(unl.get_batch(idx))
     truth = data.get("unlabeled_truth")
     truth = None if truth is None else np.asarray(truth)[idx]
-    model, t_params, desc = load_teacher(params, spec.teacher)
+    model, t_params, desc, t_ckpt = load_teacher(params, spec.teacher)
     logits = predict_logits(model, images)
     corrupted: dict[str, torch.Tensor] = {}
     cy = None
@@ -120,6 +123,7 @@ def build_context(params: dict[str, Any], spec: StudySpec) -> TrialContext:
         teacher_desc=desc,
         corrupted=corrupted,
         corrupted_y=cy,
+        teacher_ckpt=t_ckpt,
     )
     check_student_sizes(ctx)
     return ctx
@@ -230,6 +234,22 @@ def run_trial(
     with tempfile.TemporaryDirectory(prefix="nsp-trial-") as tmp:
         pseudo, info = _pseudo_source(ctx, pcfg, cfg, Path(tmp))
     d = ctx.data
+    init = None
+    if cfg.init_from_teacher:  # start from the teacher exactly as `dvc repro` would
+        from nsp.errors import NSPError
+        from nsp.stages import _inherit
+
+        if ctx.teacher_ckpt is None:
+            raise NSPError(
+                f"{spec.where}: init_from_teacher needs the teacher as a checkpoint file"
+            )
+        init = _inherit(
+            ctx.teacher_ckpt,
+            arch=cfg.arch,
+            num_classes=d["num_classes"],
+            in_chans=d["labeled_x"].shape[1],
+            gen=gen,
+        )
     result = train_model(
         cfg=cfg,
         labeled_x=d["labeled_x"],
@@ -238,6 +258,7 @@ def run_trial(
         val_y=d["val_y"],
         num_classes=d["num_classes"],
         pseudo=pseudo,
+        init_state=init,
         on_epoch=on_epoch,
         progress=False,
     )
