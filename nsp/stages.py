@@ -148,7 +148,6 @@ def _finish_model(
     )
     write_json(d / "config.json", {"stage": name, "config": C.to_dict(cfg), "lineage": lineage})
     write_json(d / "metrics.json", metrics)
-    _state_path(name, out).unlink(missing_ok=True)
     tracker.log_final(
         metrics, artifacts=[d / "config.json", d / "confusion.json", d / "history.csv"]
     )
@@ -159,6 +158,8 @@ def _finish_model(
         metrics=metrics,
         config=C.to_dict(cfg),
     )
+    # only once tracking has it too: a rerun after a tracking failure resumes instead of retraining
+    _state_path(name, out).unlink(missing_ok=True)
     return metrics
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -207,14 +206,58 @@ def test_ddp_two_processes_match_single_process(tiny_pipeline, tmp_path):
     shutil.rmtree(proj / "outputs/pseudo/g1")
     _torchrun(proj, env, "pseudo-label", "--gen", "g1", "--no-progress")
     assert {f.name: f.read_bytes() for f in (proj / "outputs/pseudo/g1").iterdir()} == single
-    # DDP training: same global batches and noise; on CPU BN sees each rank's half -> close, not equal
+    # DDP training: same global batches and input noise (drawn for the global batch), BN statistics
+    # over the global batch (all-reduced on CPU) -> equal up to float rounding. Dropout / stochastic
+    # depth masks are drawn per rank, so they are off here; a short, gentle run keeps the rounding
+    # differences from being amplified by a chaotic high-lr trajectory on tiny data.
+    params["teacher"].update(epochs=3, lr=0.02)
+    params["teacher"]["noise"].update(dropout=0.0, drop_path=0.0)
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
     run(["nsp", "train", "teacher", "--no-progress"], proj, env)
     one = json.loads((proj / "outputs/models/teacher/metrics.json").read_text())
     hist_one = pd.read_csv(proj / "outputs/models/teacher/history.csv")
+    w_one = torch.load(proj / "outputs/models/teacher/model.pt", weights_only=True)["state_dict"]
     _torchrun(proj, env, "train", "teacher", "--no-progress")
     two = json.loads((proj / "outputs/models/teacher/metrics.json").read_text())
     hist_two = pd.read_csv(proj / "outputs/models/teacher/history.csv")
+    w_two = torch.load(proj / "outputs/models/teacher/model.pt", weights_only=True)["state_dict"]
     assert two["steps"] == one["steps"] and two["images_seen"] == one["images_seen"]
-    assert abs(two["val_acc"] - one["val_acc"]) <= 0.1
-    assert abs(hist_two["train_loss"].iloc[0] - hist_one["train_loss"].iloc[0]) < 0.05
-    assert os.path.exists(proj / "outputs/models/teacher/model.pt")
+    assert two["val_acc"] == one["val_acc"] and two["test_acc"] == one["test_acc"]
+    assert np.allclose(hist_two["train_loss"], hist_one["train_loss"], rtol=1e-4, atol=1e-5)
+    assert max(float((w_one[k].float() - w_two[k].float()).abs().max()) for k in w_one) < 1e-4
+
+
+def _scale(*sizes: int, shard_size: int) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nsp.pseudo.scale",
+            "--compare",
+            *map(str, sizes),
+            "--shard-size",
+            str(shard_size),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_pseudo_labeling_memory_does_not_grow_with_the_set():
+    """Streamed shards: 10x more unlabeled images (10x more shards), the same peak RSS."""
+    res = _scale(4_000, 40_000, shard_size=2_048)
+    small, large = res["runs"]
+    assert (small["labeled"], large["labeled"]) == (4_000, 40_000)
+    assert large["shards"] == 20 and small["shards"] == 2
+    assert res["rss_ratio"] <= 1.10, res
+
+
+@pytest.mark.slow
+def test_pseudo_labeling_a_million_images_in_constant_memory():
+    """The issue's scale check: 1,000,000 synthetic images, peak RSS within 10% of 100,000's."""
+    res = _scale(100_000, 1_000_000, shard_size=65_536)
+    assert res["runs"][1]["labeled"] == 1_000_000
+    assert res["rss_ratio"] <= 1.10, res

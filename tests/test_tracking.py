@@ -202,9 +202,16 @@ def mlflow_server(tmp_path):
     else:
         proc.kill()
         pytest.fail("mlflow server did not start")
-    yield uri
-    os.killpg(proc.pid, 15)
-    proc.wait(timeout=30)
+
+    def stop() -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=30)
+
+    yield {"uri": uri, "stop": stop}
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
 
 
 def test_stage_against_real_mlflow_server(tiny_pipeline, mlflow_server, tmp_path):
@@ -214,10 +221,10 @@ def test_stage_against_real_mlflow_server(tiny_pipeline, mlflow_server, tmp_path
     root = tiny_pipeline["root"]
     proj = tmp_path / "proj"
     shutil.copytree(root, proj, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
-    env = dict(tiny_pipeline["env"], MLFLOW_TRACKING_URI=mlflow_server)
+    env = dict(tiny_pipeline["env"], MLFLOW_TRACKING_URI=mlflow_server["uri"])
     run(["nsp", "train", "teacher", "--no-progress"], proj, env)
     run(["nsp", "pseudo-label", "--gen", "g1", "--no-progress"], proj, env)
-    c = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    c = mlflow.MlflowClient(tracking_uri=mlflow_server["uri"])
     exp = c.get_experiment_by_name("nsp-tiny")
     runs = c.search_runs([exp.experiment_id])
     stages = {
@@ -245,6 +252,67 @@ def test_unreachable_server_is_a_clear_error(tiny_pipeline, tmp_path):
     assert (
         proj / "outputs/models/teacher/model.pt"
     ).read_bytes() == before  # previous output intact
+
+
+def test_server_down_mid_run_is_a_one_line_error_and_the_rerun_resumes(
+    tiny_pipeline, mlflow_server, tmp_path
+):
+    """Kill the tracking server while `nsp train teacher` logs epochs: exit 2, one clear line, the
+    previous model intact; the rerun (server back: here a sqlite store) resumes from the saved epoch."""
+    import shutil
+
+    import yaml
+
+    proj = tmp_path / "proj"
+    shutil.copytree(
+        tiny_pipeline["root"], proj, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts")
+    )
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["teacher"]["epochs"] = 400  # long enough to be killed mid-run
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    before = (proj / "outputs/models/teacher/model.pt").read_bytes()
+    env = dict(
+        tiny_pipeline["env"],
+        MLFLOW_TRACKING_URI=mlflow_server["uri"],
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+        MLFLOW_HTTP_REQUEST_TIMEOUT="5",
+    )
+    nsp = str(Path(sys.executable).parent / "nsp")
+    proc = subprocess.Popen(
+        [nsp, "train", "teacher", "--no-progress"],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    c = mlflow.MlflowClient(tracking_uri=mlflow_server["uri"])
+    deadline = time.time() + 300
+    logged = []
+    while time.time() < deadline and proc.poll() is None and len(logged) < 2:
+        time.sleep(0.5)
+        exp = c.get_experiment_by_name("nsp-tiny")
+        runs = c.search_runs([exp.experiment_id], "tags.`nsp.stage` = 'teacher'") if exp else []
+        logged = c.get_metric_history(runs[0].info.run_id, "val_acc") if runs else []
+    assert len(logged) >= 2, "the teacher never logged two epochs to the server"
+    mlflow_server["stop"]()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-2000:]
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in err
+    assert lines[-1].startswith(f"nsp train: error: MLflow tracking at {mlflow_server['uri']}")
+    assert "rerun" in lines[-1]
+    assert (proj / "outputs/models/teacher/model.pt").read_bytes() == before
+    state = proj / "outputs/models/teacher/train_state.pt"
+    assert state.exists()
+    saved = torch.load(state, map_location="cpu", weights_only=False)
+    assert saved["step"] > 0
+
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{proj / 'mlflow.db'}"
+    run([nsp, "train", "teacher", "--no-progress"], proj, env)
+    hist = (proj / "outputs/models/teacher/history.csv").read_text().splitlines()
+    assert len(hist) == 1 + 400  # header + every epoch, the first ones taken from the saved state
+    assert not state.exists()
 
 
 def test_teacher_can_come_from_the_registry(tiny_pipeline, tmp_path):

@@ -21,6 +21,7 @@ class ResNetSpec:
     stem: int
     widths: tuple[int, ...]
     depths: tuple[int, ...]
+    stem_stride: int = 1  # 2: the stem halves the resolution and the first stage keeps it
 
 
 SPECS: dict[str, ResNetSpec] = {
@@ -73,17 +74,18 @@ class SmallResNet(nn.Module):
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.stem = nn.Sequential(
-            nn.Conv2d(in_chans, spec.stem, 3, 1, 1, bias=False),
+            nn.Conv2d(in_chans, spec.stem, 3, spec.stem_stride, 1, bias=False),
             nn.BatchNorm2d(spec.stem),
             nn.ReLU(inplace=True),
         )
         n_blocks = sum(spec.depths)
         blocks: list[nn.Module] = []
         cin, idx = spec.stem, 0
-        for width, depth in zip(spec.widths, spec.depths, strict=True):
+        for stage, (width, depth) in enumerate(zip(spec.widths, spec.depths, strict=True)):
+            first = 1 if stage == 0 and spec.stem_stride > 1 else 2
             for j in range(depth):
                 rate = drop_path_rate * idx / max(n_blocks - 1, 1)
-                blocks.append(BasicBlock(cin, width, 2 if j == 0 else 1, rate))
+                blocks.append(BasicBlock(cin, width, first if j == 0 else 1, rate))
                 cin, idx = width, idx + 1
         self.blocks = nn.Sequential(*blocks)
         self.num_features = cin
@@ -136,7 +138,8 @@ def grow_state_dict(
     if (
         t_spec is None
         or s_spec is None
-        or (t_spec.stem, t_spec.widths) != (s_spec.stem, s_spec.widths)
+        or (t_spec.stem, t_spec.widths, t_spec.stem_stride)
+        != (s_spec.stem, s_spec.widths, s_spec.stem_stride)
         or any(a > b for a, b in zip(t_spec.depths, s_spec.depths, strict=True))
     ):
         raise ValueError(f"cannot grow {teacher_arch} into {student_arch}")

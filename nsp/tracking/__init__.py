@@ -115,6 +115,22 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def tracking_errors(uri: str, what: str) -> Iterator[None]:
+    """Turn an MLflow failure (server gone mid-run, store error) into one clear NSPError line."""
+    try:
+        yield
+    except NSPError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise NSPError(
+            f"MLflow tracking at {uri} failed while {what} ({type(exc).__name__}: {first}); "
+            "bring the server back (or set tracking.enabled: false) and rerun the stage; "
+            "training resumes from its last saved epoch"
+        ) from None
+
+
 class _Tracker:
     def __init__(
         self, mlflow: Any, run_id: str, cfg: dict[str, Any], stage: str, generation: int
@@ -129,7 +145,8 @@ class _Tracker:
 
     def log_epoch(self, rec: dict[str, Any]) -> None:
         m = _numeric({k: v for k, v in rec.items() if k != "epoch"})
-        self.mlflow.log_metrics(m, step=int(rec["epoch"]))
+        with tracking_errors(self.cfg["uri"], f"logging epoch {rec['epoch']}"):
+            self.mlflow.log_metrics(m, step=int(rec["epoch"]))
 
     def log_final(
         self,
@@ -137,14 +154,15 @@ class _Tracker:
         artifacts: list[Path] = (),
         tags: dict[str, Any] | None = None,
     ) -> None:
-        self.mlflow.log_metrics(
-            {f"final_{k}" if k in ("val_acc",) else k: v for k, v in _numeric(metrics).items()}
-        )
-        for a in artifacts:
-            if Path(a).exists():
-                self.mlflow.log_artifact(str(a))
-        if tags:
-            self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        with tracking_errors(self.cfg["uri"], "logging the final metrics"):
+            self.mlflow.log_metrics(
+                {f"final_{k}" if k in ("val_acc",) else k: v for k, v in _numeric(metrics).items()}
+            )
+            for a in artifacts:
+                if Path(a).exists():
+                    self.mlflow.log_artifact(str(a))
+            if tags:
+                self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def log_model(
         self,
@@ -157,6 +175,24 @@ class _Tracker:
     ) -> None:
         if not self.cfg["register"]:
             return
+        with tracking_errors(self.cfg["uri"], "registering the model"):
+            self._register(
+                model=model,
+                checkpoint_sha256=checkpoint_sha256,
+                input_example=input_example,
+                metrics=metrics,
+                config=config,
+            )
+
+    def _register(
+        self,
+        *,
+        model: Any,
+        checkpoint_sha256: str,
+        input_example: Any,
+        metrics: dict[str, Any],
+        config: dict[str, Any],
+    ) -> None:
         register_model(
             self.mlflow,
             name=self.cfg["registered_model"],
@@ -211,32 +247,42 @@ def stage_run(
     """A nested MLflow run for one stage under the pipeline run; FAILED if the body raises."""
     cfg = settings(params)
     if not cfg["enabled"]:
+        if stage == "teacher":  # still a DVC output of the teacher stage: say there is no run
+            write_json(PARENT_FILE, {"run_id": None, "tracking": "disabled"})
         yield _NullTracker()
         return
     mlflow = connect(cfg["uri"])
-    exp_id = _experiment_id(mlflow, cfg["experiment"], cfg["uri"])
-    parent = _parent_run(mlflow, exp_id, stage, tags)
-    client = mlflow.MlflowClient()
-    child = client.create_run(
-        exp_id,
-        run_name=stage,
-        tags={
-            "mlflow.parentRunId": parent,
-            "nsp.kind": "stage",
-            "nsp.stage": stage,
-            "generation": str(generation),
-            "git_commit": git_commit(),
-            **{k: str(v) for k, v in tags.items()},
-        },
-    )
+    with tracking_errors(cfg["uri"], "starting the stage run"):
+        exp_id = _experiment_id(mlflow, cfg["experiment"], cfg["uri"])
+        parent = _parent_run(mlflow, exp_id, stage, tags)
+        client = mlflow.MlflowClient()
+        child = client.create_run(
+            exp_id,
+            run_name=stage,
+            tags={
+                "mlflow.parentRunId": parent,
+                "nsp.kind": "stage",
+                "nsp.stage": stage,
+                "generation": str(generation),
+                "git_commit": git_commit(),
+                **{k: str(v) for k, v in tags.items()},
+            },
+        )
     run_id = child.info.run_id
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config).items()})
-        mlflow.log_dict({"stage": stage, "config": config, "tags": tags}, "resolved_config.json")
+    with tracking_errors(cfg["uri"], "starting the stage run"):
+        active = mlflow.start_run(run_id=run_id)
+    with active:
         try:
+            with tracking_errors(cfg["uri"], "logging the resolved config"):
+                mlflow.log_params({k: str(v)[:500] for k, v in _flatten(config).items()})
+                mlflow.log_dict(
+                    {"stage": stage, "config": config, "tags": tags}, "resolved_config.json"
+                )
             yield _Tracker(mlflow, run_id, cfg, stage, generation)
         except BaseException:
-            mlflow.end_run(status="FAILED")
+            # end_run pops the run first, so a server that is gone cannot make this raise twice
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status="FAILED")
             raise
 
 

@@ -174,6 +174,76 @@ class _Ema:
             e.copy_(m)
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's input is the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+class _GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the global batch of every rank (CPU/gloo).
+
+    ``nn.SyncBatchNorm`` only runs on GPUs; this all-reduces per-channel sums (autograd-aware), so
+    a DDP step on N processes computes what one process computes on the whole batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not self.training or not (dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / xf.shape[1], dtype=torch.float64)
+        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3))]).double()
+        total = _AllReduceSum.apply(torch.cat([local, count]))
+        c = self.num_features
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 0.0
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
+                unbiased = var * n / max(float(n) - 1, 1.0)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        shape = (1, c, 1, 1)
+        y = (xf - mean.float().view(shape)) * torch.rsqrt(var.float().view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def global_batchnorm(model: nn.Module) -> nn.Module:
+    """Switch every BatchNorm2d of ``model`` (in place, same parameters) to global-batch statistics."""
+    for m in model.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = _GlobalBatchNorm2d
+    return model
+
+
+def plain_batchnorm(model: nn.Module) -> nn.Module:
+    """Undo :func:`global_batchnorm` / SyncBatchNorm (in place): the saved model runs anywhere."""
+    for m in model.modules():
+        if isinstance(m, _GlobalBatchNorm2d | nn.SyncBatchNorm):
+            m.__class__ = nn.BatchNorm2d
+    return model
+
+
 def _dist() -> tuple[int, int]:
     """(rank, world_size) when torch.distributed is initialised (torchrun), else (0, 1)."""
     import torch.distributed as dist
@@ -210,7 +280,9 @@ def train_model(
     step, history) is written there atomically; if it exists at start, training resumes from it.
     Under torchrun (torch.distributed initialised) each rank takes its slice of every global batch (the
     noise is drawn for the global batch, so every sample gets the noise it gets in one process),
-    gradients are averaged by DDP and BN is synchronised on GPUs (on CPU each rank's BN sees its half).
+    gradients are averaged by DDP and BN statistics cover the global batch (SyncBatchNorm on GPUs,
+    :func:`global_batchnorm` on CPU), so N processes compute what one computes, up to float rounding
+    and the dropout / stochastic-depth masks, which each rank draws for its own samples.
     """
     rank, world = _dist()
     torch.manual_seed(cfg.seed)
@@ -284,14 +356,19 @@ def train_model(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        # SyncBatchNorm needs a GPU; on CPU (gloo) each rank normalises its own half-batch.
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else model
+        # BN statistics over the global batch: SyncBatchNorm on GPUs, our all-reduce BN on CPU
+        if device.type == "cuda":
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            net = global_batchnorm(model)
         train_net = DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
         )
         model = train_net.module
         if ema is not None:
+            resumed_ema = ema.model.state_dict()
             ema.model = copy.deepcopy(model).eval()
+            ema.model.load_state_dict(resumed_ema)
             for p in ema.model.parameters():
                 p.requires_grad_(False)
     t0 = time.perf_counter() - elapsed
@@ -353,6 +430,12 @@ def train_model(
         bar.update(1)
         if (step + 1) % steps_per_epoch == 0 or step + 1 == total:
             n = (step % steps_per_epoch) + 1
+            if world > 1:  # the history records the global batch's losses, as in one process
+                import torch.distributed as dist
+
+                losses = torch.tensor([run_loss, run_lab, run_unl], dtype=torch.float64)
+                dist.all_reduce(losses)
+                run_loss, run_lab, run_unl = (losses / world).tolist()
             epoch = (step + 1 + steps_per_epoch - 1) // steps_per_epoch
             evaluated = ema.model if ema is not None else model
             val_acc = accuracy(evaluated, val_x, val_y, cfg.eval_batch_size)
@@ -398,7 +481,7 @@ def train_model(
                 )
     bar.close()
     seconds = time.perf_counter() - t0
-    final = ema.model if ema is not None else model
+    final = plain_batchnorm(ema.model if ema is not None else model)
     final.load_state_dict(best["state"])
     final.eval()
     metrics = {
