@@ -7,6 +7,7 @@ it with ``prepare_splits`` and trains a tiny teacher with ``run_teacher``; every
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -360,7 +361,7 @@ def test_two_workers_one_sigkilled_every_trial_accounted_for(project, storage):
         run = subprocess.Popen(
             [sys.executable, "-m", "nsp.cli", "study", "run", str(spec), "--workers", "2",
              "--n-trials", "4"],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         killed = victim = None
@@ -379,9 +380,9 @@ def test_two_workers_one_sigkilled_every_trial_accounted_for(project, storage):
         assert killed is not None, "no worker was caught mid-trial"
         rc = run.wait(timeout=180)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)  # the runner and any worker it left behind
+        run.wait()
     text = log.read_text()
     assert rc == 1 and "1 worker(s) exited with codes [-9]" in text, text[-2000:]
     study = load_study_readonly(url, name)
@@ -401,3 +402,21 @@ def test_two_workers_one_sigkilled_every_trial_accounted_for(project, storage):
     assert f"[study] trial {killed} lost its worker (no heartbeat); marked FAIL, re-queued" in text
     assert f"study {name} ({url}): maximize val_acc" in text
     assert f"trials: {len(trials)} (COMPLETE {c['COMPLETE']}, PRUNED 0, FAIL 1, RUNNING 0" in text
+
+
+def test_a_lock_left_by_a_killed_journal_worker_can_be_broken(tmp_path, monkeypatch):
+    """Optuna's journal lock is a symlink to the journal file; after a holder is SIGKILLed, the other
+    workers stat the link to time its grace period out. With a relative journal path the link's
+    target resolved against the link's folder, stat failed and they spun forever (seen under load)."""
+    from nsp.study.storage import make_storage
+
+    monkeypatch.chdir(tmp_path)
+    storage = make_storage("journal:studies/locks.log")
+    optuna.create_study(storage=storage, study_name="locks")
+    journal = tmp_path / "studies" / "locks.log"
+    lock = Path(str(journal) + ".lock")
+    lock_obj = storage._backend._lock  # what a killed holder leaves behind: its symlink
+    assert lock_obj.acquire()
+    assert lock.is_symlink() and os.stat(lock).st_mtime == os.stat(journal).st_mtime
+    lock_obj.release()
+    assert not lock.exists()

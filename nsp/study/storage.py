@@ -104,7 +104,10 @@ def make_storage(
         if not str(path):
             raise NSPError(f"storage {url!r}: journal needs a file path (journal:studies/x.log)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        backend = JournalFileBackend(str(path))
+        # Absolute: Optuna's lock is a symlink to this path, and a relative target resolves against
+        # the link's folder, so a lock left by a killed worker could never be stat-ed (and broken
+        # after its grace period): the other workers would spin on it forever.
+        backend = JournalFileBackend(str(path.resolve()))
         if interval is None:
             return JournalStorage(backend)
         return HeartbeatJournalStorage(
