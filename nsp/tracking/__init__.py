@@ -176,36 +176,19 @@ class _Tracker:
         if not self.cfg["register"]:
             return
         with tracking_errors(self.cfg["uri"], "registering the model"):
-            self._register(
+            register_model(
+                self.mlflow,
+                name=self.cfg["registered_model"],
                 model=model,
+                run_id=self.run_id,
                 checkpoint_sha256=checkpoint_sha256,
                 input_example=input_example,
                 metrics=metrics,
-                config=config,
+                stage=self.stage,
+                generation=self.generation,
+                champion_metric=self.cfg["champion_metric"],
+                arch=str(config.get("arch", "")),
             )
-
-    def _register(
-        self,
-        *,
-        model: Any,
-        checkpoint_sha256: str,
-        input_example: Any,
-        metrics: dict[str, Any],
-        config: dict[str, Any],
-    ) -> None:
-        register_model(
-            self.mlflow,
-            name=self.cfg["registered_model"],
-            model=model,
-            run_id=self.run_id,
-            checkpoint_sha256=checkpoint_sha256,
-            input_example=input_example,
-            metrics=metrics,
-            stage=self.stage,
-            generation=self.generation,
-            champion_metric=self.cfg["champion_metric"],
-            arch=str(config.get("arch", "")),
-        )
 
 
 def _parent_run(mlflow: Any, exp_id: str, stage: str, tags: dict[str, Any]) -> str:
