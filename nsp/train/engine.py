@@ -217,7 +217,11 @@ class _GlobalBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 0.0
+                m = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1.0 / float(self.num_batches_tracked)
+                )
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), m)
                 unbiased = var * n / max(float(n) - 1, 1.0)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
