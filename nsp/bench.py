@@ -220,7 +220,7 @@ class _Trainer:
     """The engine's optimisation step (param groups, nesterov SGD, lr schedule, EMA, loss)."""
 
     def __init__(self, *, cfg: TrainConfig, sizes: BenchSizes, noised: bool) -> None:
-        from nsp.train.engine import _Ema, make_classifier
+        from nsp.train.engine import _Ema, make_classifier, use_bf16
 
         self.cfg = cfg
         self.model = make_classifier(
@@ -242,6 +242,7 @@ class _Trainer:
             nesterov=True,
         )
         self.ema = _Ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.bf16 = use_bf16(cfg.precision, torch.device("cpu"))
         self.step_no = 0
         self.model.train()
 
@@ -254,7 +255,9 @@ class _Trainer:
         cfg = self.cfg
         for g in self.opt.param_groups:
             g["lr"] = lr_at(self.step_no, total=10_000, warmup=100, base_lr=cfg.lr)
-        logits = self.model.net(x) if raw else self.model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model.net(x) if raw else self.model(x)
+        logits = logits.float()
         nl = len(y)
         loss_l = F.cross_entropy(logits[:nl], y, label_smoothing=cfg.label_smoothing)
         loss_u = -(targets * F.log_softmax(logits[nl:], dim=1)).sum(1).mean()
@@ -412,6 +415,7 @@ def bench_training(
     pil_best = max(sizes.pil_workers, key=lambda w: med[f"pil_w{w}"])
     pil = f"pil_w{pil_best}"
     out = {
+        "train_bf16": noised.bf16,
         "raw_train_img_s": med["raw"],
         "train_img_s": med["noised"],
         "train_ratio_vs_raw": med["noised"] / med["raw"],

@@ -50,11 +50,19 @@ class TrainConfig:
     allow_smaller_student: bool = False
     min_steps: int = 0
     eval_batch_size: int = 1024
+    # "bf16": autocast the training forward to bfloat16 (fp32 weights, optimizer and loss);
+    # "auto": bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX / AVX512-BF16)
+    precision: str = "fp32"
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def validate(self) -> None:
         _check(self.epochs > 0, f"{self.name}.epochs", "must be > 0")
         _check(self.batch_size > 0, f"{self.name}.batch_size", "must be > 0")
+        _check(
+            self.precision in ("fp32", "bf16", "auto"),
+            f"{self.name}.precision",
+            "must be fp32, bf16 or auto",
+        )
         _check(self.lr > 0, f"{self.name}.lr", "must be > 0")
         _check(0 <= self.ema_decay < 1, f"{self.name}.ema_decay", "must be in [0, 1)")
         _check(0 <= self.noise.dropout < 1, f"{self.name}.dropout", "must be in [0, 1)")

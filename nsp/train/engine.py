@@ -80,6 +80,19 @@ def default_device() -> torch.device:
     return torch.device(name)
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` ("fp32" | "bf16" | "auto") trains under bfloat16 autocast on ``device``."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:  # native bf16 matrix units only: emulated bf16 is slower than fp32
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def to_nchw(x: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) numpy -> uint8 (N, C, H, W) torch (no copy of pixels beyond one)."""
     return torch.from_numpy(np.array(x, copy=True)).permute(0, 3, 1, 2).contiguous()
@@ -308,6 +321,7 @@ def train_model(
     device = default_device()
     model = model.to(device)
     noise = _Noise(cfg)
+    bf16 = use_bf16(cfg.precision, device)
     lab = _EpochSampler(len(labeled_x), cfg.batch_size, gen)
     unl = None
     if pseudo is not None:
@@ -412,7 +426,9 @@ def train_model(
             else:
                 x = x[lsl]
             n_lab = len(yb)
-        logits = train_net(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = train_net(x)
+        logits = logits.float()
         loss_l = F.cross_entropy(logits[:n_lab], yb, label_smoothing=cfg.label_smoothing)
         loss = loss_l
         if pseudo is not None:
@@ -497,6 +513,7 @@ def train_model(
         "train_seconds": seconds,
         "images_seen": seen,
         "train_img_per_s": seen / seconds if seconds > 0 else 0.0,
+        "bf16": bf16,
     }
     return {"model": final, "history": history, "metrics": metrics}
 
