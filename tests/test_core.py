@@ -234,3 +234,37 @@ def test_growing_s_to_m_to_l_preserves_the_function():
             student_arch="nsp_resnet_s",
             prefix="net.",
         )
+
+
+def test_bf16_training_learns_and_keeps_fp32_weights():
+    """precision: bf16 autocasts the forward only: weights stay fp32 and the model still learns."""
+    from nsp.config import NoiseConfig, TrainConfig
+    from nsp.train.engine import train_model, use_bf16
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(256) % 2
+    x = torch.randint(0, 60, (256, 1, 32, 32), generator=g, dtype=torch.uint8)
+    x[y == 1, :, 8:24, 8:24] += 150  # class 1: a bright square
+    cfg = TrainConfig(
+        name="t",
+        arch="nsp_resnet_xs",
+        epochs=4,
+        batch_size=32,
+        lr=0.05,
+        ema_decay=0.0,
+        precision="bf16",
+        noise=NoiseConfig(randaugment=False, crop_flip=False, dropout=0.0, drop_path=0.0),
+    )
+    out = train_model(
+        cfg=cfg, labeled_x=x, labeled_y=y, val_x=x, val_y=y, num_classes=2, progress=False
+    )
+    assert out["metrics"]["bf16"] is True and out["metrics"]["val_acc"] >= 0.9
+    assert all(p.dtype == torch.float32 for p in out["model"].parameters())
+    assert use_bf16("fp32", torch.device("cpu")) is False
+
+
+def test_bad_precision_is_a_clear_error():
+    from nsp.config import TrainConfig
+
+    with pytest.raises(NSPError, match="params.yaml: student.precision must be fp32, bf16 or auto"):
+        TrainConfig(name="student", precision="fp16").validate()
