@@ -53,6 +53,12 @@ def _tiny_params(tracking_uri: str) -> str:
     doc["tracking"]["enabled"] = True
     doc["tracking"]["uri"] = tracking_uri
     doc["tracking"]["register"] = False
+    for stage in (
+        "teacher",
+        "student",
+        "baseline",
+    ):  # fp32 trajectories (bf16 is tested in test_core)
+        doc[stage]["precision"] = "fp32"
     t = doc["teacher"]
     t.update(arch="nsp_resnet_xs", epochs=6, batch_size=32, warmup_epochs=0, lr=0.1)
     t["noise"].update(randaugment=False, crop_flip=False, dropout=0.0, drop_path=0.0)
