@@ -451,6 +451,22 @@ def test_evaluate_cli_writes_normalised_metrics(learnable_project, capsys):
     rows = {r["model"]: r for r in json.loads(out)}
     assert rows["teacher"]["mce"] == pytest.approx(m["mce"])
     assert rows["baseline"]["mce"] == pytest.approx(1.0)
+    # evaluate.precision: bf16 raw results are recorded as such, agree with fp32 to rounding, and are
+    # never normalised by an fp32 baseline
+    assert raw["precision"] == "fp32" and m["eval_precision"] == "fp32"
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["evaluate"]["precision"] = "bf16"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    rc, _, err = _cli(capsys, "evaluate", "teacher", "--no-progress")
+    assert rc == 2 and "different precisions" in err and "\n" not in err
+    raw16 = json.loads(Path("outputs/robustness/raw/teacher.json").read_text())
+    assert raw16["precision"] == "bf16"
+    assert raw16["clean_acc"] == pytest.approx(raw["clean_acc"], abs=0.02)
+    assert np.allclose(raw16["c"]["err"], raw["c"]["err"], atol=0.13)  # 8 images: one flip = 0.125
+    assert main(["evaluate", "baseline", "--no-progress"]) == 0
+    assert main(["evaluate", "teacher", "--metrics"]) == 0
+    m16 = json.loads(Path("outputs/robustness/teacher.metrics.json").read_text())
+    assert m16["eval_precision"] == "bf16" and m16["mce"] == pytest.approx(m["mce"], abs=0.25)
 
 
 def test_cli_bad_input_is_one_line(project, capsys):
@@ -467,3 +483,7 @@ def test_cli_bad_input_is_one_line(project, capsys):
     )
     rc, _, err = _cli(capsys, "robustness", "--no-progress")
     assert rc == 2 and "robustness.c_images must be" in err and "\n" not in err
+    bad = {**project["params"], "evaluate": {**project["params"]["evaluate"], "precision": "fp16"}}
+    Path("params.yaml").write_text(yaml.safe_dump(bad))
+    rc, _, err = _cli(capsys, "evaluate", "teacher", "--metrics")
+    assert rc == 2 and "evaluate.precision must be fp32, bf16 or auto" in err and "\n" not in err

@@ -33,6 +33,7 @@ from nsp.robustness import metrics as M
 from nsp.robustness.build import load_summary, sets_dir
 from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, SEVERITIES
 from nsp.robustness.perturbations import NOISE_PERTURBATIONS, PERTURBATIONS, TEST_PERTURBATIONS
+from nsp.train.engine import use_bf16
 
 RAW_FORMAT = "nsp-robustness-raw/1"
 
@@ -61,12 +62,29 @@ def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 102
     return np.concatenate(outs)
 
 
-def optimise_for_inference(model: torch.nn.Module, example: np.ndarray) -> torch.nn.Module:
+class _Bf16Autocast(torch.nn.Module):
+    """``model`` under CPU bfloat16 autocast, returning float32 logits."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def optimise_for_inference(
+    model: torch.nn.Module, example: np.ndarray, *, bf16: bool = False
+) -> torch.nn.Module:
     """TorchScript-trace and freeze ``model`` (folds BatchNorm into the convolutions: ~1.4x faster on
-    CPU, logits equal to ~1e-7); the eager model if tracing fails. ``example``: uint8 NHWC images."""
+    CPU, logits equal to ~1e-7); the eager model if tracing fails. ``example``: uint8 NHWC images.
+    ``bf16``: run it under bfloat16 autocast (2.6x faster with AMX; top-1 agrees on ~99.8 %)."""
     import warnings
 
     model.eval()
+    if bf16:
+        model = _Bf16Autocast(model).eval()
     x = torch.from_numpy(np.array(example[:2], copy=True)).permute(0, 3, 1, 2)
     try:
         with torch.inference_mode(), warnings.catch_warnings():
@@ -289,7 +307,12 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
         "baseline": sec.get("baseline", "baseline"),
         "batch_size": sec.get("batch_size", 1024),
         "calib_beta": sec.get("calib_beta", 100),
+        "precision": sec.get("precision", "fp32"),
     }
+    if s["precision"] not in ("fp32", "bf16", "auto"):
+        raise NSPError(
+            f"params.yaml: evaluate.precision must be fp32, bf16 or auto (got {s['precision']!r})"
+        )
     for key in ("batch_size", "calib_beta"):
         v = s[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -329,8 +352,9 @@ def run_evaluate_raw(
     net = model_from_checkpoint(load_checkpoint(ckpt_path))
     test = load_split(prepared_dir(params), "test")
     test_x = test.get_batch(np.arange(len(test)))
+    bf16 = use_bf16(s["precision"], torch.device("cpu"))
     raw = evaluate_raw(
-        model=optimise_for_inference(net, test_x),
+        model=optimise_for_inference(net, test_x, bf16=bf16),
         test_x=test_x,
         test_y=test.labels,
         sets=sdir,
@@ -339,6 +363,7 @@ def run_evaluate_raw(
         progress=progress,
     )
     raw["model"] = model
+    raw["precision"] = "bf16" if bf16 else "fp32"
     raw["checkpoint_sha256"] = sha256_file(ckpt_path)
     raw["sets_sha256"] = sha256_file(sdir / "summary.json")
     write_json(raw_path(model, out), raw)
@@ -386,12 +411,19 @@ def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict
             f"raw results of {model} and {base_name} come from different robustness sets; "
             f"re-run evaluate_raw@{model} and evaluate_raw@{base_name}"
         )
+    if raw.get("precision", "fp32") != base.get("precision", "fp32"):
+        raise NSPError(
+            f"raw results of {model} ({raw.get('precision', 'fp32')}) and {base_name} "
+            f"({base.get('precision', 'fp32')}) were computed at different precisions; "
+            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name} with the same evaluate.precision"
+        )
     metrics = {
         "model": model,
         "normalised_by": base_name,
         **robustness_metrics(raw, base),
         "checkpoint_sha256": raw["checkpoint_sha256"],
         "eval_seconds": raw["seconds"],
+        "eval_precision": raw.get("precision", "fp32"),
     }
     d = out / "robustness"
     csv_path = d / f"{model}.errors.csv"
