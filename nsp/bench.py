@@ -424,6 +424,8 @@ def bench_training(
         "pil_best_workers": pil_best,
         "train_ratio_vs_pil": med["noised"] / med[pil],
         "train_ratio_vs_pil_paired": _paired(rates["noised"], rates[pil]),
+        # the ceiling of train_ratio_vs_pil: what a noise pipeline costing nothing would reach
+        "raw_ratio_vs_pil": med["raw"] / med[pil],
         "samples_img_s": {k: [round(x, 2) for x in v] for k, v in rates.items()},
     }
     for w in sizes.pil_workers:
@@ -833,6 +835,7 @@ def format_table(res: dict[str, Any]) -> str:
         add(f"pil_pipeline_img_s_w{w}", note=f"PIL DataLoader, {w} workers")
     add("train_ratio_vs_pil", "{:.3f}", note=f"best PIL: {res['pil_best_workers']} workers")
     add("train_ratio_vs_pil_paired", "{:.3f}", note="median of per-repeat ratios")
+    add("raw_ratio_vs_pil", "{:.3f}", note="ceiling of the ratio above: noise at zero cost")
     add("raw_infer_img_s", note=f"batch {s['infer_batch']}, {s['infer_images']} images")
     add("pseudo_label_img_s", note="predict_shards")
     add("pseudo_label_ratio_vs_raw", "{:.3f}")

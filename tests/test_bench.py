@@ -38,6 +38,7 @@ RATE_KEYS = (
     "c_loop_ms_per_image",
     "pseudo_overhead_ms_per_image",
     "pseudo_label_ratio_vs_raw_est",
+    "raw_ratio_vs_pil",
 )
 
 
@@ -70,6 +71,9 @@ def test_bench_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert res["train_ratio_vs_raw"] == pytest.approx(res["train_img_s"] / res["raw_train_img_s"])
     assert res["train_ratio_vs_pil"] == pytest.approx(
         res["train_img_s"] / res["pil_pipeline_img_s"]
+    )
+    assert res["raw_ratio_vs_pil"] == pytest.approx(
+        res["raw_train_img_s"] / res["pil_pipeline_img_s"]
     )
     assert res["pil_pipeline_img_s"] == max(
         res["pil_pipeline_img_s_w0"], res["pil_pipeline_img_s_w2"]
