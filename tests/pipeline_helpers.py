@@ -119,6 +119,7 @@ TINY_PARAMS = {
         "baseline": "baseline",
         "batch_size": 512,
         "calib_beta": 10,
+        "precision": "auto",
     },
 }
 

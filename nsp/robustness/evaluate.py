@@ -118,15 +118,22 @@ def evaluate_raw(
     batch_size: int = 1024,
     calib_beta: int = 100,
     progress: bool = True,
+    exact_model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Run ``model`` over the clean test split and every set under ``sets``; the raw numbers."""
+    """Run ``model`` over the clean test split and every set under ``sets``; the raw numbers.
+
+    ``exact_model`` (default: ``model``) computes the clean test accuracy / calibration and the -A
+    numbers, so that a reduced-precision ``model`` only touches the bulk (-C and -P, and the clean
+    -C images that relative CE subtracts); the clean accuracy then equals the training stage's.
+    """
     from tqdm.auto import tqdm
 
     sets = Path(sets)
     summary = load_summary(sets)
     test_y = np.asarray(test_y, dtype=np.int64)
     t0 = time.perf_counter()
-    clean_logits = predict(model, test_x, batch_size=batch_size)
+    exact = model if exact_model is None else exact_model
+    clean_logits = predict(exact, test_x, batch_size=batch_size)
     clean_pred = clean_logits.argmax(axis=1)
     c_idx = np.load(sets / "c_index.npy")
     c_y = np.load(sets / "c_labels.npy")
@@ -134,9 +141,14 @@ def evaluate_raw(
         raise NSPError(
             f"{sets} was built from another test split (labels differ); re-run `nsp robustness`"
         )
+    c_clean_pred = (
+        clean_pred[c_idx]
+        if exact_model is None
+        else predict(model, np.asarray(test_x)[c_idx], batch_size=batch_size).argmax(axis=1)
+    )
+    images = 0 if exact_model is None else len(c_idx)
     names = summary["c"]["corruptions"]
     err = np.empty((len(names), len(SEVERITIES)), dtype=np.float64)
-    images = 0
     for ci, name in enumerate(tqdm(names, desc="eval -C", disable=not progress)):
         arr = np.load(sets / f"c_{name}.npy", mmap_mode="r")
         for si in range(arr.shape[0]):
@@ -156,13 +168,13 @@ def evaluate_raw(
         images += n * t
     a_x = np.load(sets / "a_x.npy")
     a_y = np.load(sets / "a_y.npy")
-    a_logits = predict(model, a_x, batch_size=batch_size)
+    a_logits = predict(exact, a_x, batch_size=batch_size)
     images += len(test_x) + len(a_x)
     return {
         "format": RAW_FORMAT,
         "clean_err": M.error_rate(clean_pred, test_y),
         "clean_acc": M.accuracy(clean_pred, test_y),
-        "c_clean_err": M.error_rate(clean_pred[c_idx], c_y) if len(c_idx) else None,
+        "c_clean_err": M.error_rate(c_clean_pred, c_y) if len(c_idx) else None,
         "calib_err": calibration_or_none(clean_logits, test_y, beta=calib_beta),
         "calib_beta": calib_beta,
         "test_images": len(test_y),
@@ -353,8 +365,10 @@ def run_evaluate_raw(
     test = load_split(prepared_dir(params), "test")
     test_x = test.get_batch(np.arange(len(test)))
     bf16 = use_bf16(s["precision"], torch.device("cpu"))
+    exact = optimise_for_inference(net, test_x)
     raw = evaluate_raw(
-        model=optimise_for_inference(net, test_x, bf16=bf16),
+        model=optimise_for_inference(net, test_x, bf16=True) if bf16 else exact,
+        exact_model=exact if bf16 else None,
         test_x=test_x,
         test_y=test.labels,
         sets=sdir,
