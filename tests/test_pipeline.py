@@ -161,3 +161,40 @@ def test_evaluate_runs_are_tracked_per_model(tiny_pipeline):
         rb["a_kept"]
         == json.loads((root / "outputs/robustness/sets_metrics.json").read_text())["a_kept"]
     )
+
+
+def test_student_ablation_retrains_beside_the_pipeline(tiny_pipeline, tmp_path):
+    """benchmarks/student_ablation.py: a changed or oracle student in a scratch dir, outputs untouched."""
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    root, env = tiny_pipeline["root"], tiny_pipeline["env"]
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "student_ablation.py")
+    watched = [root / "outputs/models/g2/model.pt", root / "outputs/pseudo/g2/stats.json"]
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in watched]
+
+    def ablation(*args: str) -> dict:
+        p = run([sys.executable, script, "--gen", "g2", *args], root, env)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    oracle = ablation("--oracle", "--set", "epochs=12", "--scratch", str(tmp_path / "oracle"))
+    assert oracle["oracle"] and oracle["overrides"] == {"epochs": 12}
+    assert oracle["test_acc"] > 0.3 and oracle["steps"] > 0  # 10 classes: chance is 0.1
+    cfg = json.loads((tmp_path / "oracle/models/g2/config.json").read_text())["config"]
+    assert cfg["epochs"] == 12 and cfg["arch"] == "nsp_resnet_s"
+    sharp = ablation("--set", "pseudo.temperature=0.5", "--scratch", str(tmp_path / "sharp"))
+    assert sharp["overrides"] == {"pseudo.temperature": 0.5} and 0 < sharp["pseudo_label_acc"] <= 1
+    stats = json.loads((tmp_path / "sharp/pseudo/g2/stats.json").read_text())
+    assert (
+        json.loads((tmp_path / "sharp/pseudo/g2/provenance.json").read_text())["params"][
+            "temperature"
+        ]
+        == 0.5
+        and stats
+    )
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in watched] == before
+    bad = run([sys.executable, script, "--gen", "g2", "--set", "epochs"], root, env, check=False)
+    assert bad.returncode == 2 and "--set 'epochs': use KEY=VALUE" in bad.stderr
+    bad = run([sys.executable, script, "--gen", "g9"], root, env, check=False)
+    assert bad.returncode == 2 and "--gen g9: not a generation" in bad.stderr
