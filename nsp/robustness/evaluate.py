@@ -33,7 +33,7 @@ from nsp.robustness import metrics as M
 from nsp.robustness.build import load_summary, sets_dir
 from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, SEVERITIES
 from nsp.robustness.perturbations import NOISE_PERTURBATIONS, PERTURBATIONS, TEST_PERTURBATIONS
-from nsp.train.engine import use_bf16
+from nsp.train.engine import default_device, use_bf16
 
 RAW_FORMAT = "nsp-robustness-raw/1"
 
@@ -50,27 +50,29 @@ __all__ = [
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-    """float32 logits ``(N, K)`` of uint8 NHWC ``images`` (eval mode, no noise)."""
+    """float32 logits ``(N, K)`` of uint8 NHWC ``images`` (eval mode, no noise); the model moves the
+    batch to its own device (:class:`nsp.train.engine.Classifier`), the logits come back to the CPU."""
     model.eval()
     x = np.asarray(images)
     outs = []
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.array(x[i : i + batch_size], copy=True)).permute(0, 3, 1, 2)
-        outs.append(model(xb).float().numpy())
+        outs.append(model(xb).float().cpu().numpy())
     if not outs:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(outs)
 
 
 class _Bf16Autocast(torch.nn.Module):
-    """``model`` under CPU bfloat16 autocast, returning float32 logits."""
+    """``model`` under bfloat16 autocast on ``device_type`` ("cpu" or "cuda"), returning float32 logits."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, device_type: str) -> None:
         super().__init__()
         self.model = model
+        self.device_type = device_type
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
             return self.model(x).float()
 
 
@@ -84,7 +86,8 @@ def optimise_for_inference(
 
     model.eval()
     if bf16:
-        model = _Bf16Autocast(model).eval()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        model = _Bf16Autocast(model, device.type).eval()
     x = torch.from_numpy(np.array(example[:2], copy=True)).permute(0, 3, 1, 2)
     try:
         with torch.inference_mode(), warnings.catch_warnings():
@@ -361,10 +364,11 @@ def run_evaluate_raw(
     load_summary(sdir)  # a clear error before loading anything else
     _threads()
     ckpt_path = model_dir(model, out) / "model.pt"
-    net = model_from_checkpoint(load_checkpoint(ckpt_path))
+    device = default_device()
+    net = model_from_checkpoint(load_checkpoint(ckpt_path)).to(device)
     test = load_split(prepared_dir(params), "test")
     test_x = test.get_batch(np.arange(len(test)))
-    bf16 = use_bf16(s["precision"], torch.device("cpu"))
+    bf16 = use_bf16(s["precision"], device)
     exact = optimise_for_inference(net, test_x)
     raw = evaluate_raw(
         model=optimise_for_inference(net, test_x, bf16=True) if bf16 else exact,
