@@ -268,3 +268,19 @@ def test_bad_precision_is_a_clear_error():
 
     with pytest.raises(NSPError, match="params.yaml: student.precision must be fp32, bf16 or auto"):
         TrainConfig(name="student", precision="fp16").validate()
+
+
+def test_predict_logits_gives_float32_cpu_logits_and_restores_train_mode():
+    """Callers call ``.numpy()`` on the result: a CUDA or bf16 tensor there broke the GPU run."""
+    from nsp.train.engine import predict_logits
+
+    class Half(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)[:, :3].to(torch.bfloat16)
+
+    net = Half().train()
+    x = torch.arange(2 * 1 * 2 * 2, dtype=torch.uint8).reshape(2, 1, 2, 2)
+    out = predict_logits(net, x, batch_size=1)
+    assert out.dtype == torch.float32 and out.device.type == "cpu"
+    assert out.tolist() == [[0.0, 1.0, 2.0], [4.0, 5.0, 6.0]]
+    assert net.training

@@ -159,10 +159,10 @@ def lr_at(step: int, *, total: int, warmup: int, base_lr: float) -> float:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Logits for uint8 NCHW ``x`` in eval mode (no noise)."""
+    """Float32 logits on the CPU for uint8 NCHW ``x`` in eval mode (no noise), whatever the model's device."""
     was_training = model.training
     model.eval()
-    outs = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    outs = [model(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
