@@ -194,3 +194,42 @@ def test_student_ablation_retrains_beside_the_pipeline(tiny_pipeline, tmp_path):
     assert bad.returncode == 2 and "--set 'epochs': use KEY=VALUE" in bad.stderr
     bad = run([sys.executable, script, "--gen", "g9"], root, env, check=False)
     assert bad.returncode == 2 and "--gen g9: not a generation" in bad.stderr
+
+
+def test_robustness_seeds_retrains_and_compares_means(tiny_pipeline, tmp_path):
+    """benchmarks/robustness_seeds.py: other seeds of a student and the baseline, means compared."""
+    import sys
+    from pathlib import Path
+
+    root, env = tiny_pipeline["root"], tiny_pipeline["env"]
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "robustness_seeds.py")
+    scratch = tmp_path / "seeds"
+    p = run([sys.executable, script, "--model", "g2", "--model", "baseline", "--seeds", "9",
+             "--scratch", str(scratch)], root, env)  # fmt: skip
+    lines = [json.loads(line) for line in p.stdout.strip().splitlines()]
+    rows, summary = lines[:-1], lines[-1]["summary"]
+    assert [(r["model"], r["seed"], r.get("pipeline", False)) for r in rows] == [
+        ("g2", 2, True), ("g2", 9, False), ("baseline", 4, True), ("baseline", 9, False)
+    ]  # fmt: skip
+    own = json.loads((root / "outputs/robustness/g2.metrics.json").read_text())
+    assert (
+        rows[0]["mce"] == own["mce"] and rows[2]["mce"] == 1.0
+    )  # normalised by the pipeline's baseline
+    cfg = json.loads((scratch / "g2_s9/models/g2/config.json").read_text())["config"]
+    assert cfg["seed"] == 9 and cfg["arch"] == "nsp_resnet_s"
+    assert (
+        json.loads((scratch / "baseline_s9/models/baseline/config.json").read_text())["config"][
+            "seed"
+        ]
+        == 9
+    )
+    assert rows[3]["mce"] != 1.0  # another baseline, same denominator
+    assert summary["n"] == {"g2": 2, "baseline": 2}
+    cmp = summary["compare"]["columns"]["a_acc"]
+    diff = (rows[0]["a_acc"] + rows[1]["a_acc"]) / 2 - (rows[2]["a_acc"] + rows[3]["a_acc"]) / 2
+    assert cmp["diff"] == pytest.approx(diff) and cmp["better"] == (diff > 0)
+    assert summary["compare"]["columns"]["mce"]["better"] == (
+        summary["mean"]["g2"]["mce"] < summary["mean"]["baseline"]["mce"]
+    )
+    bad = run([sys.executable, script, "--model", "g9", "--seeds", "1"], root, env, check=False)
+    assert bad.returncode == 2 and "--model g9: not teacher, baseline or a generation" in bad.stderr
