@@ -406,7 +406,12 @@ def run_student(
     init = None
     if cfg.init_from_teacher:
         init = _inherit(
-            teacher, arch=cfg.arch, num_classes=k, in_chans=data["labeled_x"].shape[1], gen=gen
+            teacher,
+            arch=cfg.arch,
+            num_classes=k,
+            in_chans=data["labeled_x"].shape[1],
+            gen=gen,
+            seed=cfg.seed,
         )
     pmetrics = json.loads((out / "pseudo" / f"{gen}.metrics.json").read_text())
     gidx = C.generation_keys(params).index(gen) + 1
@@ -452,16 +457,19 @@ def run_student(
 
 
 def _inherit(
-    teacher: dict[str, Any], *, arch: str, num_classes: int, in_chans: int, gen: str
+    teacher: dict[str, Any], *, arch: str, num_classes: int, in_chans: int, gen: str, seed: int
 ) -> dict[str, Any]:
     """Student initial weights from its teacher: the same arch, or a deeper one of the same widths
-    (new residual blocks start as identity, so the student starts with the teacher's function)."""
+    (new residual blocks start as identity, so the student starts with the teacher's function; their
+    other weights are drawn from ``seed``, so the same seed gives the same student in any process)."""
     from nsp.models.resnet import grow_state_dict
     from nsp.train.engine import make_classifier
 
     if teacher["arch"] == arch:
         return teacher["state_dict"]
-    fresh = make_classifier(arch=arch, num_classes=num_classes, in_chans=in_chans).state_dict()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = make_classifier(arch=arch, num_classes=num_classes, in_chans=in_chans).state_dict()
     try:
         return grow_state_dict(
             teacher["state_dict"],

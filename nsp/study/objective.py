@@ -249,6 +249,7 @@ def run_trial(
             num_classes=d["num_classes"],
             in_chans=d["labeled_x"].shape[1],
             gen=gen,
+            seed=cfg.seed,
         )
     result = train_model(
         cfg=cfg,
