@@ -91,20 +91,19 @@ def pipeline_row(*, params_path: Path, outputs: Path, model: str) -> dict[str, A
     return {"model": model, "seed": seed, "pipeline": True, **{c: m[c] for c in COLUMNS}}
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return mean, sd
+def _mean_sd(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample s.d. (nan below 2 values) and count of the non-None ``values``."""
+    v = [x for x in values if x is not None]
+    n = len(v)
+    mean = sum(v) / n if n else float("nan")
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else float("nan")
+    return mean, sd, n
 
 
 def summarise(rows: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
     """Per model and column mean/s.d.; first vs last model: difference, Welch's t, better or not."""
     groups = {m: [r for r in rows if r["model"] == m] for m in models}
-    stats = {
-        m: {c: _mean_sd([r[c] for r in g if r[c] is not None]) for c in COLUMNS}
-        for m, g in groups.items()
-    }
+    stats = {m: {c: _mean_sd([r[c] for r in g]) for c in COLUMNS} for m, g in groups.items()}
     out: dict[str, Any] = {
         "n": {m: len(g) for m, g in groups.items()},
         "mean": {m: {c: s[c][0] for c in COLUMNS} for m, s in stats.items()},
@@ -114,8 +113,8 @@ def summarise(rows: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
         a, b = models[0], models[-1]
         cmp = {}
         for c, sign in COLUMNS.items():
-            (ma, sa), (mb, sb) = stats[a][c], stats[b][c]
-            se = math.sqrt(sa**2 / len(groups[a]) + sb**2 / len(groups[b]))
+            (ma, sa, na), (mb, sb, nb) = stats[a][c], stats[b][c]
+            se = math.sqrt(sa**2 / na + sb**2 / nb) if na and nb else float("nan")
             diff = ma - mb
             cmp[c] = {
                 "diff": diff,

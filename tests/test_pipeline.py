@@ -233,3 +233,20 @@ def test_robustness_seeds_retrains_and_compares_means(tiny_pipeline, tmp_path):
     )
     bad = run([sys.executable, script, "--model", "g9", "--seeds", "1"], root, env, check=False)
     assert bad.returncode == 2 and "--model g9: not teacher, baseline or a generation" in bad.stderr
+
+
+def test_robustness_seeds_summary_worked_example():
+    """Welch's t by hand: means 0.6 vs 0.3, s.d. 0.1414 each, n = 2 -> t = 0.3 / 0.1414 = 2.121."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from robustness_seeds import COLUMNS, summarise
+
+    rows = [{"model": m, **{c: v for c in COLUMNS}} for m, v in (("a", .5), ("a", .7), ("b", .4), ("b", .2))]  # fmt: skip
+    rows[0]["calib_err"] = None  # one value left: no s.d., no t
+    s = summarise(rows, ["a", "b"])
+    acc, mce, calib = (s["compare"]["columns"][c] for c in ("clean_acc", "mce", "calib_err"))
+    assert acc["diff"] == pytest.approx(0.3) and acc["welch_t"] == pytest.approx(2.12132, rel=1e-4)
+    assert acc["better"] and not mce["better"]  # higher accuracy is better, higher mCE is worse
+    assert s["mean"]["a"]["calib_err"] == 0.7 and calib["welch_t"] != calib["welch_t"]  # nan
