@@ -6,8 +6,10 @@
 #   bash benchmarks/gpu_smoke.sh DATA_DIR [OUT_DIR] [quick]
 #
 # DATA_DIR holds the Fashion-MNIST IDX .gz files. The frost textures must be importable as
-# `imagecorruptions/frost` (README: robustness). Prints one JSON line per step and a summary.
+# `imagecorruptions/frost` (README: robustness). Prints one JSON line per step and a summary; exits 1
+# if any step failed.
 set -uo pipefail
+[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_smoke.sh DATA_DIR [OUT_DIR] [quick]" >&2; exit 2; }
 DATA=$(realpath "$1")
 OUT=${2:-$(mktemp -d)}; mkdir -p "$OUT"; OUT=$(realpath "$OUT")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,12 +33,13 @@ yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 print({"torch": torch.__version__, "timm": timm.__version__, "cuda": torch.cuda.is_available(),
        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None})
 EOF
+fails=0
 step() {  # step NAME CMD...: time one command, keep its log
   local name=$1; shift
   local t0=$SECONDS
   if "$@" >"$OUT/$name.log" 2>&1; then rc=0; else rc=$?; fi
   echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}"
-  [ $rc -eq 0 ] || tail -20 "$OUT/$name.log"
+  [ $rc -eq 0 ] || { tail -20 "$OUT/$name.log"; fails=$((fails + 1)); }
 }
 NSP="$PY -m nsp.cli"
 step prepare $NSP prepare --params params.yaml
@@ -75,3 +78,4 @@ if cu and cpu:
                       "c_clean_err": [cu.get("c_clean_err"), cpu.get("c_clean_err")],
                       "seconds": [cu.get("seconds"), cpu.get("seconds")]}))
 EOF
+[ $fails -eq 0 ] || { echo "gpu_smoke: $fails step(s) failed (logs in $OUT)" >&2; exit 1; }
