@@ -59,8 +59,7 @@ def retrain_and_evaluate(
         params[model]["seed"] = seed
         (scratch / "models").mkdir(parents=True)
         if model == "baseline":  # it matches the steps of the model named in `match`
-            gens = C.generation_keys(params)
-            match = params["baseline"].get("match", gens[-1] if gens else "teacher")
+            match = stages.baseline_match(params)
             (scratch / "models" / match).symlink_to((outputs / "models" / match).resolve())
             stages.run_baseline(params, out=scratch, progress=False)
         else:

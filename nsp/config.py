@@ -15,6 +15,9 @@ import yaml
 
 from nsp.errors import NSPError
 
+# training and evaluation precision: "auto" = bf16 where the hardware runs it natively
+PRECISIONS = ("fp32", "bf16", "auto")
+
 
 @dataclass
 class NoiseConfig:
@@ -59,7 +62,7 @@ class TrainConfig:
         _check(self.epochs > 0, f"{self.name}.epochs", "must be > 0")
         _check(self.batch_size > 0, f"{self.name}.batch_size", "must be > 0")
         _check(
-            self.precision in ("fp32", "bf16", "auto"),
+            self.precision in PRECISIONS,
             f"{self.name}.precision",
             "must be fp32, bf16 or auto",
         )

@@ -485,15 +485,19 @@ def _inherit(
         ) from None
 
 
+def baseline_match(params: dict[str, Any]) -> str:
+    """The model whose optimizer steps the baseline matches: ``baseline.match``, else the last generation."""
+    gens = C.generation_keys(params)
+    return (params.get("baseline") or {}).get("match", gens[-1] if gens else "teacher")
+
+
 def run_baseline(
     params: dict[str, Any], *, out: Path = OUT, progress: bool = True
 ) -> dict[str, Any]:
     """Supervised-only baseline: the final student's arch and noise on ``labeled``, >= the student's steps."""
 
     rank, _world = _threads()
-    gens = C.generation_keys(params)
-    last = gens[-1] if gens else "teacher"
-    match = (params.get("baseline") or {}).get("match", last)
+    match = baseline_match(params)
     ref_path = model_dir(match, out) / "metrics.json"
     if not ref_path.exists():
         raise NSPError(

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nsp.config import PRECISIONS
 from nsp.errors import NSPError
 from nsp.robustness import metrics as M
 from nsp.robustness.build import load_summary, sets_dir
@@ -324,7 +325,7 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
         "calib_beta": sec.get("calib_beta", 100),
         "precision": sec.get("precision", "fp32"),
     }
-    if s["precision"] not in ("fp32", "bf16", "auto"):
+    if s["precision"] not in PRECISIONS:
         raise NSPError(
             f"params.yaml: evaluate.precision must be fp32, bf16 or auto (got {s['precision']!r})"
         )
