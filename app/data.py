@@ -244,6 +244,7 @@ def stage_runs(uri: str, experiment_id: str, parent_id: str) -> list[dict[str, A
 
 
 def _artifact_text(uri: str, run_id: str, artifact_uri: str, path: str) -> str | None:
+    """Text of one run artifact, or None when the run has no such file."""
     if artifact_uri.startswith("file:") or "://" not in artifact_uri:
         base = (
             Path(unquote(urlparse(artifact_uri).path))
@@ -258,12 +259,6 @@ def _artifact_text(uri: str, run_id: str, artifact_uri: str, path: str) -> str |
             return Path(local).read_text()
     except Exception:
         return None
-
-
-@cached
-def artifact_text(uri: str, run_id: str, artifact_uri: str, path: str) -> str | None:
-    """Text of one run artifact, or None when the run has no such file."""
-    return _artifact_text(uri, run_id, artifact_uri, path)
 
 
 @cached

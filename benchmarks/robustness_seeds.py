@@ -44,7 +44,8 @@ def retrain_and_evaluate(
     from nsp import config as C
     from nsp import stages
     from nsp.errors import NSPError
-    from nsp.robustness.evaluate import robustness_metrics, run_evaluate_raw
+    from nsp.robustness.evaluate import robustness_metrics
+    from nsp.robustness.stage import run_evaluate_raw
 
     params = C.load_params(params_path)
     params["tracking"] = {**(params.get("tracking") or {}), "enabled": False}

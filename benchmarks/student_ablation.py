@@ -1,6 +1,8 @@
 """Retrain one generation's student with changed settings, beside the pipeline (README: "What limits
 accuracy here").
 
+The student is trained by :func:`nsp.student.train_student`, the recipe the ``student@`` stage uses.
+
     python benchmarks/student_ablation.py --gen g3 --set epochs=3 --set noise.ra_magnitude=2
     python benchmarks/student_ablation.py --gen g3 --set pseudo.temperature=0.5   # re-labels first
     python benchmarks/student_ablation.py --gen g3 --oracle                       # true labels
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -46,10 +47,15 @@ def ablate(
     """Train ``gen``'s student with ``overrides`` into ``scratch``; returns its metrics."""
     import numpy as np
 
-    import nsp.pseudo.label as pseudo_label
     from nsp import config as C
     from nsp import stages
+    from nsp.checkpoint import load_checkpoint, save_checkpoint
     from nsp.errors import NSPError
+    from nsp.io import write_json
+    from nsp.pseudo.label import load_pseudo_label_set
+    from nsp.runtime import load_data, model_dir, pseudo_dir
+    from nsp.student import pseudo_source, train_student
+    from nsp.train.engine import accuracy, to_nchw
 
     params = C.load_params(params_path)
     if gen not in C.generation_keys(params):
@@ -58,41 +64,50 @@ def ablate(
     for key, value in overrides.items():
         _override(params["generations"][gen], key, value)
     teacher = C.teacher_of(params, gen)
-    for path in (outputs / "models" / teacher / "model.pt", outputs / "pseudo" / gen):
+    for path in (model_dir(teacher, outputs) / "model.pt", pseudo_dir(gen, outputs)):
         if not path.exists():
             raise NSPError(f"{path} not found; run `dvc repro student@{gen}` first")
-    (scratch / "models").mkdir(parents=True, exist_ok=True)
-    (scratch / "pseudo").mkdir(exist_ok=True)
-    (scratch / "models" / teacher).symlink_to((outputs / "models" / teacher).resolve())
     result: dict[str, Any] = {"gen": gen, "overrides": overrides, "oracle": oracle}
-    if any(k.split(".")[0] == "pseudo" for k in overrides):
+    scratch.mkdir(parents=True, exist_ok=True)
+    set_dir = pseudo_dir(gen, outputs)
+    if any(
+        k.split(".")[0] == "pseudo" for k in overrides
+    ):  # the teacher labels again, into scratch
+        (scratch / "models").mkdir(parents=True, exist_ok=True)
+        (scratch / "models" / teacher).symlink_to(model_dir(teacher, outputs).resolve())
         pm = stages.run_pseudo_label(params, gen, out=scratch, progress=False)
         result["pseudo_label_acc"] = pm["pseudo_label_acc"]
         result["pseudo_label_acc_all"] = pm["pseudo_label_acc_all"]
-    else:
-        (scratch / "pseudo" / gen).symlink_to((outputs / "pseudo" / gen).resolve())
-        shutil.copy(outputs / "pseudo" / f"{gen}.metrics.json", scratch / "pseudo")
-    load = pseudo_label.load_pseudo_label_set
+        set_dir = pseudo_dir(gen, scratch)
+    data = load_data(params, unlabeled=True)
+    k = data["num_classes"]
+    ps = load_pseudo_label_set(set_dir, k)
     if oracle:
-        truth = stages.load_data(params, unlabeled=True)["unlabeled_truth"]
+        truth = data["unlabeled_truth"]
         if truth is None:
             raise NSPError("--oracle needs the unlabeled split's hidden true labels")
-
-        def load_with_truth(path: str | Path, num_classes: int) -> dict[str, np.ndarray]:
-            ps = load(path, num_classes)
-            ps["targets"] = np.eye(num_classes, dtype=np.float32)[np.asarray(truth)[ps["index"]]]
-            return ps
-
-        pseudo_label.load_pseudo_label_set = load_with_truth
+        ps["targets"] = np.eye(k, dtype=np.float32)[np.asarray(truth)[ps["index"]]]
+    cfg = C.student_config(params, gen)
+    write_json(model_dir(gen, scratch) / "config.json",
+               {"stage": f"ablation@{gen}", "config": C.to_dict(cfg), **result})  # fmt: skip
     t0 = time.perf_counter()
-    try:
-        m = stages.run_student(params, gen, out=scratch, progress=False)
-    finally:
-        pseudo_label.load_pseudo_label_set = load
+    out = train_student(
+        cfg=cfg,
+        data=data,
+        pseudo=pseudo_source(ps, to_nchw(np.asarray(data["unlabeled"].images))),
+        teacher=load_checkpoint(model_dir(teacher, outputs) / "model.pt"),
+        where=f"params.yaml: generations.{gen}",
+        state_path=model_dir(gen, scratch) / "train_state.pt",
+    )
+    test_acc = accuracy(out["model"], data["test_x"], data["test_y"])
+    save_checkpoint(model_dir(gen, scratch) / "model.pt", model=out["model"], arch=cfg.arch,
+                    num_classes=k, in_chans=data["labeled_x"].shape[1], config=C.to_dict(cfg),
+                    metrics={"val_acc": out["metrics"]["val_acc"], "test_acc": test_acc},
+                    class_names=data["class_names"])  # fmt: skip
     result.update(
-        test_acc=m["test_acc"],
-        val_acc=m["val_acc"],
-        steps=m["steps"],
+        test_acc=test_acc,
+        val_acc=out["metrics"]["val_acc"],
+        steps=out["metrics"]["steps"],
         seconds=round(time.perf_counter() - t0, 1),
     )
     return result

@@ -8,11 +8,13 @@ hits both sides; ``*_paired`` ratios are medians of per-repeat ratios.
 
 Measured (images are synthetic smooth uint8 images of the default profile's size, made in memory):
 
-* ``raw_train_img_s``: one training step of the default student on pre-normalised float batches
-  (dropout and stochastic depth 0): forward, CE + soft-CE, backward, SGD, EMA update;
-* ``train_img_s``: the engine's noised step: gather a uint8 labeled + unlabeled batch from the
-  in-memory pool -> ``random_crop_flip`` + per-sample ``RandAugmentBatch`` (the engine's
-  ``_Noise``) -> model with dropout and stochastic depth -> the same loss, SGD and EMA;
+* ``raw_train_img_s``: :meth:`nsp.train.step.TrainStep.step` of the default student on
+  pre-normalised float batches (dropout and stochastic depth 0): forward, CE + soft-CE, backward,
+  SGD, EMA update;
+* ``train_img_s``: the training step itself, as ``train_model`` runs it:
+  :meth:`~nsp.train.step.TrainStep.next_batch` (gather a uint8 labeled + unlabeled batch from the
+  in-memory pool -> ``random_crop_flip`` + per-sample ``RandAugmentBatch``) then
+  :meth:`~nsp.train.step.TrainStep.step` (model with dropout and stochastic depth, loss, SGD, EMA);
 * ``pil_pipeline_img_s``: the same step fed by ``PILRandAugmentDataset`` (per-image PIL crop/flip +
   RandAugment) in a ``torch.utils.data.DataLoader`` with 0 and with 2 workers (the better one);
 * ``pseudo_label_img_s``: :func:`nsp.pseudo.label.predict_shards` (softmax, top-k, parquet
@@ -216,63 +218,6 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Trainer:
-    """The engine's optimisation step (param groups, nesterov SGD, lr schedule, EMA, loss)."""
-
-    def __init__(self, *, cfg: TrainConfig, sizes: BenchSizes, noised: bool) -> None:
-        from nsp.train.engine import _Ema, make_classifier, use_bf16
-
-        self.cfg = cfg
-        self.model = make_classifier(
-            arch=cfg.arch,
-            num_classes=sizes.num_classes,
-            in_chans=sizes.channels,
-            dropout=cfg.noise.dropout if noised else 0.0,
-            drop_path=cfg.noise.drop_path if noised else 0.0,
-        )
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
-        self.opt = torch.optim.SGD(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=True,
-        )
-        self.ema = _Ema(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        self.bf16 = use_bf16(cfg.precision, torch.device("cpu"))
-        self.step_no = 0
-        self.model.train()
-
-    def step(
-        self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor, *, raw: bool = False
-    ) -> int:
-        """One step on a batch whose first ``len(y)`` rows are labeled; returns its size."""
-        from nsp.train.engine import lr_at
-
-        cfg = self.cfg
-        for g in self.opt.param_groups:
-            g["lr"] = lr_at(self.step_no, total=10_000, warmup=100, base_lr=cfg.lr)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.model.net(x) if raw else self.model(x)
-        logits = logits.float()
-        nl = len(y)
-        loss_l = F.cross_entropy(logits[:nl], y, label_smoothing=cfg.label_smoothing)
-        loss_u = -(targets * F.log_softmax(logits[nl:], dim=1)).sum(1).mean()
-        loss = loss_l + cfg.unlabeled_weight * loss_u
-        bool(torch.isfinite(loss))  # the engine checks every step (a sync point)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        if self.ema is not None:
-            self.ema.update(self.model, self.step_no)
-        self.step_no += 1
-        float(loss.detach()), float(loss_l.detach()), float(loss_u.detach())
-        return int(x.shape[0])
-
-
 class _PILTrainDataset(torch.utils.data.Dataset):
     """Per-image public-style pipeline: PIL reflect-pad crop + flip, then PIL RandAugment.
 
@@ -318,7 +263,8 @@ def bench_training(
     *, cfg: TrainConfig, sizes: BenchSizes, images: np.ndarray, progress: bool = True
 ) -> dict[str, Any]:
     """Raw vs noised vs PIL-DataLoader training img/s (medians over interleaved blocks)."""
-    from nsp.train.engine import PseudoBatchSource, _EpochSampler, _Noise, to_nchw
+    from nsp.train.engine import make_classifier, to_nchw
+    from nsp.train.step import PseudoBatchSource, TrainStep
 
     gen = torch.Generator().manual_seed(0)
     pool = to_nchw(images)  # uint8 (N, C, H, W)
@@ -326,25 +272,26 @@ def bench_training(
     nl = min(sizes.labeled_images, n)
     labels = torch.randint(sizes.num_classes, (n,), generator=gen)
     soft = F.softmax(2.0 * torch.randn((n, sizes.num_classes), generator=gen), dim=1)
-    labeled_x, labeled_y = pool[:nl], labels[:nl]
     pseudo = PseudoBatchSource(
         images=pool, index=torch.arange(n), targets=soft, counts=torch.ones(n, dtype=torch.int64)
     )
-    stream = torch.repeat_interleave(torch.arange(len(pseudo.index)), pseudo.counts)
-    lab = _EpochSampler(nl, sizes.labeled_batch, gen)
-    unl = _EpochSampler(len(stream), sizes.unlabeled_batch, gen)
-    noise = _Noise(cfg)
-    noised = _Trainer(cfg=cfg, sizes=sizes, noised=True)
-    raw = _Trainer(cfg=cfg, sizes=sizes, noised=False)
 
-    def noised_step() -> int:  # the engine's loop body, line by line
-        li = lab.next()
-        xb, yb = labeled_x[li], labeled_y[li]
-        rows = stream[unl.next()]
-        xu = pseudo.images[pseudo.index[rows]]
-        tu = pseudo.targets[rows]
-        x = noise(torch.cat([xb, xu]), gen)
-        return noised.step(x, yb, tu)
+    def trainer(noised: bool) -> TrainStep:
+        """The engine's training step (nsp.train.step) on the bench's pool; raw: no dropout / depth."""
+        c = cfg if noised else replace(cfg, noise=replace(cfg.noise, dropout=0.0, drop_path=0.0))
+        model = make_classifier(arch=c.arch, num_classes=sizes.num_classes, in_chans=sizes.channels,
+                                dropout=c.noise.dropout, drop_path=c.noise.drop_path)  # fmt: skip
+        c = replace(c, batch_size=sizes.labeled_batch, unlabeled_ratio=sizes.unlabeled_ratio)
+        return TrainStep(cfg=c, model=model, labeled_x=pool[:nl], labeled_y=labels[:nl], gen=gen,
+                         device=torch.device("cpu"), pseudo=pseudo, total=10_000, warmup=100)  # fmt: skip
+
+    noised = trainer(True)
+    raw = trainer(False)
+
+    def noised_step() -> int:  # exactly what train_model does per step
+        x, y, targets = noised.next_batch()
+        noised.step(x, y, targets)
+        return int(x.shape[0])
 
     # Raw: a few fixed, already-normalised float batches in the model's memory format.
     mean, std = float(pool.float().mean()), float(pool.float().std()) or 1.0
@@ -360,7 +307,8 @@ def bench_training(
     def raw_step() -> int:
         xf, y, t = raw_batches[raw_i[0] % len(raw_batches)]
         raw_i[0] += 1
-        return raw.step(xf, y, t, raw=True)
+        raw.step(xf, y, t, net=raw.model.net)
+        return int(xf.shape[0])
 
     pil_ds = _PILTrainDataset(images, cfg.noise, seed=0)
     per_block = sizes.warmup_steps + 1 + sizes.steps
@@ -376,7 +324,8 @@ def bench_training(
 
         def step() -> int:
             x, i = next(it)
-            return noised.step(x, labels[i[: sizes.labeled_batch]], soft[i[sizes.labeled_batch :]])
+            noised.step(x, labels[i[: sizes.labeled_batch]], soft[i[sizes.labeled_batch :]])
+            return int(x.shape[0])
 
         # the iterator (and its workers) goes away when this function returns
         return _rate(step, warmup=warmup, steps=sizes.steps)

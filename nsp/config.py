@@ -115,7 +115,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return params
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+def build_config(cls: type, values: dict[str, Any], where: str) -> Any:
     """Instantiate dataclass ``cls`` from a flat dict (noise keys are accepted flat or nested)."""
     names = {f.name for f in fields(cls)}
     noise_names = {f.name for f in fields(NoiseConfig)}
@@ -148,7 +148,7 @@ STUDENT_ONLY_KEYS = {"teacher", "pseudo"}
 def teacher_config(params: dict[str, Any]) -> TrainConfig:
     sec = dict(params.get("teacher") or {})
     sec.pop("source", None)
-    cfg = _build(TrainConfig, {"name": "teacher", **sec}, "teacher")
+    cfg = build_config(TrainConfig, {"name": "teacher", **sec}, "teacher")
     cfg.validate()
     return cfg
 
@@ -171,7 +171,7 @@ def student_config(params: dict[str, Any], gen: str) -> TrainConfig:
     merged.update(
         {k: v for k, v in generation_section(params, gen).items() if k not in STUDENT_ONLY_KEYS}
     )
-    cfg = _build(TrainConfig, {"name": gen, **merged}, f"generations.{gen}")
+    cfg = build_config(TrainConfig, {"name": gen, **merged}, f"generations.{gen}")
     _check(
         cfg.unlabeled_ratio > 0, f"generations.{gen}.unlabeled_ratio", "must be > 0 for a student"
     )
@@ -182,7 +182,7 @@ def student_config(params: dict[str, Any], gen: str) -> TrainConfig:
 def pseudo_config(params: dict[str, Any], gen: str) -> PseudoConfig:
     merged = dict((params.get("student") or {}).get("pseudo") or {})
     merged.update(generation_section(params, gen).get("pseudo") or {})
-    cfg = _build(PseudoConfig, merged, f"generations.{gen}.pseudo")
+    cfg = build_config(PseudoConfig, merged, f"generations.{gen}.pseudo")
     cfg.validate(f"generations.{gen}.pseudo")
     return cfg
 
@@ -205,17 +205,10 @@ def teacher_of(params: dict[str, Any], gen: str) -> str:
 def baseline_config(params: dict[str, Any]) -> TrainConfig:
     sec = dict(params.get("baseline") or {})
     sec.pop("match", None)
-    cfg = _build(TrainConfig, {"name": "baseline", **sec}, "baseline")
+    cfg = build_config(TrainConfig, {"name": "baseline", **sec}, "baseline")
     cfg.validate()
     return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type, d: dict[str, Any]) -> Any:
-    d = dict(d)
-    if cls is TrainConfig and isinstance(d.get("noise"), dict):
-        d["noise"] = NoiseConfig(**d["noise"])
-    return cls(**d)

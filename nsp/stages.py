@@ -12,79 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from nsp import config as C
 from nsp.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from nsp.errors import NSPError
 from nsp.io import atomic_path, sha256_file, write_json
 from nsp.models import count_params
+from nsp.runtime import OUT, load_data, model_dir, pseudo_dir, setup_threads, state_path
 
-OUT = Path("outputs")
 # wall-clock fields stay out of checkpoints so equal training gives byte-equal files
 TIMING_KEYS = ("train_seconds", "train_img_per_s")
-
-
-def prepared_dir(params: dict[str, Any]) -> Path:
-    return Path((params.get("prepare") or {}).get("out_dir", "data/prepared"))
-
-
-def model_dir(name: str, out: Path = OUT) -> Path:
-    return out / "models" / name
-
-
-def pseudo_dir(gen: str, out: Path = OUT) -> Path:
-    return out / "pseudo" / gen
-
-
-def _threads() -> tuple[int, int]:
-    """Torch threads = usable cores (``NSP_NUM_THREADS`` overrides; oversubscription is very slow).
-
-    Under torchrun (``WORLD_SIZE`` > 1) also joins the process group (gloo on CPU, nccl on GPU) and
-    returns (rank, world_size); only rank 0 logs to MLflow and writes outputs.
-    """
-    import os
-
-    n = os.environ.get("NSP_NUM_THREADS")
-    torch.set_num_threads(int(n) if n else max(1, len(os.sched_getaffinity(0))))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return dist.get_rank(), world
-    return 0, 1
-
-
-def load_data(params: dict[str, Any], *, unlabeled: bool = False) -> dict[str, Any]:
-    from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
-
-    root = prepared_dir(params)
-    if not (root / "manifest.json").exists():
-        raise NSPError(
-            f"{root}/manifest.json not found; run `nsp prepare` (dvc repro prepare) first"
-        )
-    from nsp.train.engine import to_nchw
-
-    data: dict[str, Any] = {"manifest": read_manifest(str(root)), "root": root}
-    for split in ("labeled", "val", "test"):
-        s = load_split(str(root), split)
-        data[f"{split}_x"] = to_nchw(np.asarray(s.images))
-        data[f"{split}_y"] = torch.from_numpy(np.asarray(s.labels, dtype=np.int64))
-        data["num_classes"] = s.num_classes
-        data["class_names"] = list(s.class_names)
-    if unlabeled:
-        s = load_split(str(root), "unlabeled")
-        data["unlabeled"] = s
-        data["unlabeled_truth"] = load_unlabeled_truth(str(root))
-    data["manifest_hash"] = sha256_file(root / "manifest.json")
-    return data
-
-
-def _state_path(name: str, out: Path) -> Path:
-    """Per-epoch training state (resume after a kill); not a DVC output, removed after success."""
-    return model_dir(name, out) / "train_state.pt"
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -159,7 +96,7 @@ def _finish_model(
         config=C.to_dict(cfg),
     )
     # only once tracking has it too: a rerun after a tracking failure resumes instead of retraining
-    _state_path(name, out).unlink(missing_ok=True)
+    state_path(name, out).unlink(missing_ok=True)
     return metrics
 
 
@@ -186,7 +123,7 @@ def run_teacher(
 ) -> dict[str, Any]:
     """Generation 0: train the teacher on ``labeled`` (with noise), select on ``val``."""
 
-    rank, _world = _threads()
+    rank, _world = setup_threads()
     cfg = C.teacher_config(params)
     data = load_data(params)
     tags = {"generation": 0, "data_manifest_sha256": data["manifest_hash"], "dvc_stage": "teacher"}
@@ -233,7 +170,7 @@ def _train_supervised(
             num_classes=data["num_classes"],
             on_epoch=tr.log_epoch,
             progress=progress,
-            state_path=_state_path(name, out),
+            state_path=state_path(name, out),
         )
         return _finish_model(
             name=name,
@@ -298,7 +235,7 @@ def run_pseudo_label(
     """Label the unlabeled split with generation ``gen``'s teacher (un-noised, un-augmented inputs)."""
     from nsp.pseudo.label import build_pseudo_label_set
 
-    rank, _world = _threads()
+    rank, _world = setup_threads()
     cfg = C.pseudo_config(params, gen)
     src, ckpt_path = _teacher_checkpoint(params, gen, out)
     ckpt = load_checkpoint(ckpt_path)
@@ -378,41 +315,16 @@ def run_student(
 ) -> dict[str, Any]:
     """Train generation ``gen``'s noised student on labeled + its pseudo-label set."""
     from nsp.pseudo.label import load_pseudo_label_set
-    from nsp.train.engine import PseudoBatchSource, make_classifier, to_nchw, train_model
+    from nsp.student import pseudo_source, train_student
+    from nsp.train.engine import to_nchw
 
-    rank, _world = _threads()
+    rank, _world = setup_threads()
     cfg = C.student_config(params, gen)
     src, ckpt_path = _teacher_checkpoint(params, gen, out)
     teacher = load_checkpoint(ckpt_path)
     data = load_data(params, unlabeled=True)
-    k = data["num_classes"]
-    # equal-or-larger student
-    t_params = teacher["metrics"].get("params")
-    s_params = count_params(
-        make_classifier(arch=cfg.arch, num_classes=k, in_chans=data["labeled_x"].shape[1]).net
-    )
-    if t_params is not None and s_params < t_params and not cfg.allow_smaller_student:
-        raise NSPError(
-            f"params.yaml: generations.{gen}.arch={cfg.arch} ({s_params:,} params) is smaller than its teacher "
-            f"{src} ({teacher['arch']}, {t_params:,}); choose an equal-or-larger arch or set allow_smaller_student: true"
-        )
-    ps = load_pseudo_label_set(pseudo_dir(gen, out), k)
-    pseudo = PseudoBatchSource(
-        images=to_nchw(np.asarray(data["unlabeled"].images)),
-        index=torch.from_numpy(ps["index"]),
-        targets=torch.from_numpy(ps["targets"]),
-        counts=torch.from_numpy(ps["counts"]),
-    )
-    init = None
-    if cfg.init_from_teacher:
-        init = _inherit(
-            teacher,
-            arch=cfg.arch,
-            num_classes=k,
-            in_chans=data["labeled_x"].shape[1],
-            gen=gen,
-            seed=cfg.seed,
-        )
+    ps = load_pseudo_label_set(pseudo_dir(gen, out), data["num_classes"])
+    pseudo = pseudo_source(ps, to_nchw(np.asarray(data["unlabeled"].images)))
     pmetrics = json.loads((out / "pseudo" / f"{gen}.metrics.json").read_text())
     gidx = C.generation_keys(params).index(gen) + 1
     tags = {
@@ -431,18 +343,15 @@ def run_student(
         tags=tags,
         rank=rank,
     ) as tr:
-        result = train_model(
+        result = train_student(
             cfg=cfg,
-            labeled_x=data["labeled_x"],
-            labeled_y=data["labeled_y"],
-            val_x=data["val_x"],
-            val_y=data["val_y"],
-            num_classes=k,
+            data=data,
             pseudo=pseudo,
-            init_state=init,
+            teacher=teacher,
+            where=f"params.yaml: generations.{gen}",
             on_epoch=tr.log_epoch,
             progress=progress,
-            state_path=_state_path(gen, out),
+            state_path=state_path(gen, out),
         )
         return _finish_model(
             name=gen,
@@ -456,35 +365,6 @@ def run_student(
         )
 
 
-def _inherit(
-    teacher: dict[str, Any], *, arch: str, num_classes: int, in_chans: int, gen: str, seed: int
-) -> dict[str, Any]:
-    """Student initial weights from its teacher: the same arch, or a deeper one of the same widths
-    (new residual blocks start as identity, so the student starts with the teacher's function; their
-    other weights are drawn from ``seed``, so the same seed gives the same student in any process)."""
-    from nsp.models.resnet import grow_state_dict
-    from nsp.train.engine import make_classifier
-
-    if teacher["arch"] == arch:
-        return teacher["state_dict"]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = make_classifier(arch=arch, num_classes=num_classes, in_chans=in_chans).state_dict()
-    try:
-        return grow_state_dict(
-            teacher["state_dict"],
-            teacher_arch=teacher["arch"],
-            student_state=fresh,
-            student_arch=arch,
-            prefix="net.",
-        )
-    except ValueError:
-        raise NSPError(
-            f"params.yaml: generations.{gen}.init_from_teacher cannot map {teacher['arch']} onto {arch}; "
-            "use the same arch or a deeper nsp_resnet of equal widths (s -> m -> l), or set it to false"
-        ) from None
-
-
 def baseline_match(params: dict[str, Any]) -> str:
     """The model whose optimizer steps the baseline matches: ``baseline.match``, else the last generation."""
     gens = C.generation_keys(params)
@@ -496,7 +376,7 @@ def run_baseline(
 ) -> dict[str, Any]:
     """Supervised-only baseline: the final student's arch and noise on ``labeled``, >= the student's steps."""
 
-    rank, _world = _threads()
+    rank, _world = setup_threads()
     match = baseline_match(params)
     ref_path = model_dir(match, out) / "metrics.json"
     if not ref_path.exists():

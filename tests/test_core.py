@@ -289,7 +289,7 @@ def test_predict_logits_gives_float32_cpu_logits_and_restores_train_mode():
 def test_grown_student_init_depends_only_on_its_seed():
     """The new blocks' weights of a grown student came from the unseeded global RNG: the same
     generation trained twice (same seed) differed by up to 0.4 points of test accuracy."""
-    from nsp.stages import _inherit
+    from nsp.student import init_from_teacher
     from nsp.train.engine import make_classifier
 
     teacher = {
@@ -298,8 +298,8 @@ def test_grown_student_init_depends_only_on_its_seed():
     }
 
     def grown(seed: int) -> dict[str, torch.Tensor]:
-        return _inherit(
-            teacher, arch="nsp_resnet_m", num_classes=10, in_chans=1, gen="g2", seed=seed
+        return init_from_teacher(
+            teacher, arch="nsp_resnet_m", num_classes=10, in_chans=1, seed=seed, where="g2"
         )
 
     torch.manual_seed(1)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from nsp.errors import NSPError
+from nsp.robustness import cv_ops
 from nsp.robustness import perturbations as P
 from nsp.robustness.metrics import is_noise_perturbation
 
@@ -261,6 +262,34 @@ def test_geometry_matches_torchvision_affine():
         diff = np.abs(ours.astype(np.int16) - ref)
         assert diff.max() <= 1, name
         assert (diff > 0).mean() <= 0.005, name
+
+
+def test_cv_ops_equalize_hist_is_opencvs_per_image_lut():
+    """The shared ``equalizeHist`` (used by the -C and the -P spatter) equals OpenCV's formula."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (5, 16, 16)).astype(np.uint8)
+    img[1] = rng.integers(40, 60, (16, 16))  # narrow histogram
+    img[2] = 77  # one grey level: left as it is
+    for ours, x in zip(cv_ops.equalize_hist(img), img, strict=True):
+        hist = np.bincount(x.ravel(), minlength=256)
+        lo = int(np.flatnonzero(hist)[0])
+        if hist[lo] == x.size:
+            np.testing.assert_array_equal(ours, x)
+            continue
+        lut = np.rint((np.cumsum(hist) - hist[lo]) * (255.0 / (x.size - hist[lo])))
+        lut[: lo + 1] = 0
+        np.testing.assert_array_equal(ours, lut[x].astype(np.uint8))
+
+
+def test_cv_ops_canny_tie_rule_only_adds_edges():
+    """-P spatter keeps its non-strict diagonal tie rule; OpenCV's strict one (-C) finds a subset."""
+    rng = np.random.default_rng(0)
+    img = (rng.integers(0, 4, (8, 32, 32)) * 60).astype(np.uint8)
+    strict = cv_ops.canny(img, 50, 150)
+    loose = cv_ops.canny(img, 50, 150, strict_diagonal=False)
+    assert strict.any() and not (strict & ~loose).any() and (loose & ~strict).any()
+    flat = np.full((2, 16, 16), 9, np.uint8)
+    assert not cv_ops.canny(flat, 50, 150).any()
 
 
 def test_bad_input_raises_one_line_errors(imgs):

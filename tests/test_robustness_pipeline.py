@@ -19,7 +19,6 @@ from nsp.robustness.build import (
     build_sets,
     load_summary,
     reference_config,
-    sets_config,
     subset_indices,
 )
 from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTIONS, corrupt
@@ -31,6 +30,7 @@ from nsp.robustness.perturbations import (
     num_frames,
     perturb_sequence,
 )
+from nsp.robustness.stage import sets_config
 
 K = 10
 

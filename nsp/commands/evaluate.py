@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nsp.config import load_params
-    from nsp.robustness.evaluate import run_evaluate, run_evaluate_raw
+    from nsp.robustness.stage import run_evaluate, run_evaluate_raw
 
     params = load_params(args.params)
     out = Path(args.outputs)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nsp.errors import NSPError
+from nsp.errors import NSPError, one_line
 
 HELP = "Split a dataset into labeled / val / unlabeled / test under data/prepared (seeded, stratified)."
 
@@ -92,8 +92,6 @@ def load_prepare_params(path: str, *, explicit: bool) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        from nsp.data.sources import one_line
-
         raise NSPError(f"params file {p} is not valid YAML ({one_line(exc)}); fix it") from exc
     section = doc.get("prepare") if isinstance(doc, dict) else None
     if section is None:

@@ -21,9 +21,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nsp.config import load_params
-    from nsp.robustness.build import run_robustness
     from nsp.robustness.corruptions import CORRUPTIONS, SEVERITIES
     from nsp.robustness.perturbations import PERTURBATIONS
+    from nsp.robustness.stage import run_robustness
 
     m = run_robustness(
         load_params(args.params), out=Path(args.outputs), progress=not args.no_progress

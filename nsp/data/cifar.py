@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nsp.data.sources import one_line
-from nsp.errors import NSPError
+from nsp.errors import NSPError, one_line
 
 # (module, name) pairs a CIFAR pickle may reference: numpy array/dtype reconstruction only.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {}

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nsp.data.sources import one_line
-from nsp.errors import NSPError
+from nsp.errors import NSPError, one_line
 
 # IDX dtype code -> big-endian numpy dtype
 IDX_DTYPES: dict[int, str] = {

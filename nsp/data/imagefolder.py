@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from nsp.data.sources import one_line
-from nsp.errors import NSPError
+from nsp.errors import NSPError, one_line
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}

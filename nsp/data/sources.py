@@ -58,15 +58,6 @@ class ArraySource:
     files: list[Path] = field(default_factory=list)
 
 
-def one_line(exc: BaseException | str, limit: int = 200) -> str:
-    """First line of an exception's text (or a string), shortened: NSPError messages are one line."""
-    text = str(exc).strip() if not isinstance(exc, str) else exc.strip()
-    if isinstance(exc, BaseException):
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    first = text.splitlines()[0] if text else ""
-    return first if len(first) <= limit else first[: limit - 3] + "..."
-
-
 def check_dataset(dataset: str) -> str:
     """Return ``dataset`` if known, else raise an NSPError listing the known names."""
     if dataset not in KNOWN_DATASETS:

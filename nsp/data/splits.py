@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nsp.data.sources import one_line
-from nsp.errors import NSPError
+from nsp.errors import NSPError, one_line
 
 SPLITS: tuple[str, ...] = ("labeled", "val", "unlabeled", "test")
 #: Optional split written by ``prepare`` with ``a_pool_per_class > 0``: the -A candidate pool.

@@ -9,7 +9,7 @@ Output (a directory, one DVC output): ``shard-XXXXX.parquet`` + ``stats.json`` +
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,6 @@ def _shard_table(index: np.ndarray, targets: np.ndarray, conf: np.ndarray, topk:
         cols[f"class_{j}"] = pa.array(order[:, j].astype(np.int32))
         cols[f"prob_{j}"] = pa.array(probs[:, j].astype(np.float32))
     return pa.table(cols)
-
-
-def _iter_batches(n: int, batch_size: int, start: int = 0) -> Iterator[np.ndarray]:
-    for i in range(start, n, batch_size):
-        yield np.arange(i, min(i + batch_size, n))
 
 
 def predict_shards(

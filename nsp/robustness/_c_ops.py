@@ -3,7 +3,8 @@
 They emulate the few OpenCV, ImageMagick and Pillow operations that the reference scripts call,
 with numpy/scipy only: the anti-aliased disk kernel, the one-sided motion-blur line kernel, Pillow's
 BOX resize, the corner-aligned linear zoom of ``scipy.ndimage.zoom``, the diamond-square plasma
-fractal, OpenCV's bilinear resize, affine warp and the Canny / distance / histogram chain of spatter.
+fractal, OpenCV's bilinear resize, affine warp and spatter's water texture (its Canny, equalizeHist
+and emboss steps come from :mod:`nsp.robustness.cv_ops`, shared with the -P spatter).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from nsp.errors import NSPError
+from nsp.robustness.cv_ops import canny, emboss, equalize_hist
 
 # ----------------------------------------------------------------------------- small filters
 
@@ -426,76 +428,6 @@ def bilinear_sample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray, mode: str
 # ----------------------------------------------------------------------------- spatter helpers
 
 
-def canny(img: np.ndarray, low: float, high: float) -> np.ndarray:
-    """OpenCV-style Canny (3x3 Sobel, L1 magnitude, 4-sector NMS, 8-connected hysteresis).
-
-    ``img`` is a uint8 batch (N,H,W); returns a bool edge map.
-    """
-    f = img.astype(np.float64)
-    # 3x3 Sobel on the image axes only (ndimage.sobel would also smooth across the batch)
-    deriv, smooth = np.array([-1.0, 0.0, 1.0]), np.array([1.0, 2.0, 1.0])
-    dx = ndimage.correlate1d(
-        ndimage.correlate1d(f, deriv, axis=2, mode="nearest"), smooth, axis=1, mode="nearest"
-    )
-    dy = ndimage.correlate1d(
-        ndimage.correlate1d(f, deriv, axis=1, mode="nearest"), smooth, axis=2, mode="nearest"
-    )
-    mag = np.abs(dx) + np.abs(dy)
-    pad = np.pad(mag, ((0, 0), (1, 1), (1, 1)))
-    n, h, w = mag.shape
-
-    def nb(di: int, dj: int) -> np.ndarray:
-        return pad[:, 1 + di : 1 + di + h, 1 + dj : 1 + dj + w]
-
-    ax, ay = np.abs(dx), np.abs(dy)
-    tg22 = math.tan(math.radians(22.5))
-    tg67 = math.tan(math.radians(67.5))
-    horiz = ay < ax * tg22
-    vert = ~horiz & (ay > ax * tg67)
-    diag = ~horiz & ~vert
-    s_neg = (dx * dy) < 0
-    keep = np.zeros_like(mag, dtype=bool)
-    keep |= horiz & (mag > nb(0, -1)) & (mag >= nb(0, 1))
-    keep |= vert & (mag > nb(-1, 0)) & (mag >= nb(1, 0))
-    # s = -1 when signs differ: compare (y-1, x+1) and (y+1, x-1); else (y-1, x-1) and (y+1, x+1)
-    d_pos = (mag > nb(-1, -1)) & (mag > nb(1, 1))
-    d_neg = (mag > nb(-1, 1)) & (mag > nb(1, -1))
-    keep |= diag & np.where(s_neg, d_neg, d_pos)
-    cand = keep & (mag > low)
-    strong = cand & (mag > high)
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1] = True
-    labels, nlab = ndimage.label(cand, structure=structure)
-    if nlab == 0:
-        return np.zeros_like(cand)
-    good = np.zeros(nlab + 1, dtype=bool)
-    good[np.unique(labels[strong])] = True
-    good[0] = False
-    return good[labels]
-
-
-def equalize_hist(img: np.ndarray) -> np.ndarray:
-    """``cv2.equalizeHist`` applied to each image of a uint8 batch (N,H,W)."""
-    n = img.shape[0]
-    flat = img.reshape(n, -1).astype(np.int64)
-    total = flat.shape[1]
-    hist = np.bincount((flat + 256 * np.arange(n)[:, None]).ravel(), minlength=256 * n)
-    hist = hist.reshape(n, 256)
-    first = np.argmax(hist > 0, axis=1)
-    first_cnt = hist[np.arange(n), first]
-    cum = np.cumsum(hist, axis=1) - first_cnt[:, None]
-    denom = np.maximum(total - first_cnt, 1)
-    lut = np.rint(cum * (255.0 / denom)[:, None])
-    lut = np.clip(lut, 0, 255)
-    lut[np.arange(256)[None, :] <= first[:, None]] = 0
-    const = first_cnt == total
-    lut[const] = first[const][:, None]
-    return np.take_along_axis(lut, flat, axis=1).reshape(img.shape).astype(np.uint8)
-
-
-_EMBOSS = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float64)
-
-
 def spatter_water_texture(liquid_u8: np.ndarray) -> np.ndarray:
     """The edge/distance texture of spatter mode 0 for a uint8 batch (N,H,W); float32 result."""
     edges = canny(liquid_u8, 50, 150)
@@ -505,8 +437,4 @@ def spatter_water_texture(liquid_u8: np.ndarray) -> np.ndarray:
         dist = np.full(edges.shape, 1e6)
     dist = np.minimum(dist, 20.0).astype(np.float32)
     dist = ndimage.uniform_filter(dist, size=(1, 3, 3), mode="mirror").astype(np.uint8)
-    dist = equalize_hist(dist)
-    dist = ndimage.correlate(dist.astype(np.float64), _EMBOSS[None], mode="mirror")
-    dist = np.clip(np.rint(dist), 0, 255)
-    dist = ndimage.uniform_filter(dist, size=(1, 3, 3), mode="mirror")
-    return np.clip(np.rint(dist), 0, 255).astype(np.float32)
+    return emboss(equalize_hist(dist)).astype(np.float32)

@@ -1,4 +1,6 @@
-"""Build the robustness sets once (the ``robustness`` DVC stage): -C, -P and -A.
+"""Build the -C, -P and -A robustness sets: the library behind the ``robustness`` DVC stage
+(its runner, which reads params.yaml and the prepared data and logs to MLflow, is
+:func:`nsp.robustness.stage.run_robustness`).
 
 * **-C**: ``c_images`` seeded test images, every corruption of :data:`CORRUPTIONS` at severities 1..5
   (``c_<corruption>.npy``: uint8 ``(5, N, H, W, C)``, severity ``s`` at row ``s - 1``).
@@ -54,7 +56,6 @@ __all__ = [
     "build_sets",
     "load_summary",
     "reference_config",
-    "sets_config",
     "subset_indices",
     "train_reference",
 ]
@@ -86,7 +87,7 @@ def reference_config(**overrides: Any) -> TrainConfig:
 
 @dataclass
 class SetsConfig:
-    """The ``robustness:`` section of params.yaml."""
+    """The ``robustness:`` section of params.yaml (see :func:`nsp.robustness.stage.sets_config`)."""
 
     seed: int = 0
     c_images: int = 2000
@@ -105,36 +106,6 @@ class SetsConfig:
                 f"params.yaml: robustness.seed must be an integer >= 0 (got {self.seed!r}); fix it"
             )
         self.reference.validate()
-
-
-def sets_config(params: dict[str, Any]) -> SetsConfig:
-    """Resolve ``robustness:`` (keys seed, c_images, p_images, a_reference: {TrainConfig keys})."""
-    from nsp.config import _build
-
-    sec = dict(params.get("robustness") or {})
-    ref_sec = sec.pop("a_reference", None) or {}
-    known = {"seed", "c_images", "p_images"}
-    unknown = sorted(set(sec) - known)
-    if unknown:
-        raise NSPError(
-            f"params.yaml: unknown key robustness.{unknown[0]}; valid keys: "
-            f"{sorted(known | {'a_reference'})}"
-        )
-    if not isinstance(ref_sec, dict):
-        raise NSPError("params.yaml: robustness.a_reference must be a mapping of training keys")
-    ref_sec = dict(ref_sec)  # never mutate the caller's params
-    default = reference_config()
-    ref_noise = {f: getattr(default.noise, f) for f in NoiseConfig.__dataclass_fields__}
-    ref_noise.update(ref_sec.pop("noise", None) or {})
-    merged = {
-        f: getattr(default, f) for f in TrainConfig.__dataclass_fields__ if f not in ("noise",)
-    }
-    merged.update(ref_sec)
-    merged["name"] = "robustness.a_reference"
-    ref = _build(TrainConfig, {**merged, "noise": ref_noise}, "robustness.a_reference")
-    cfg = SetsConfig(reference=ref, **sec)
-    cfg.validate()
-    return cfg
 
 
 # --------------------------------------------------------------------------------- pure parts
@@ -393,94 +364,3 @@ def load_summary(sets_dir: str | os.PathLike) -> dict[str, Any]:
                 f"{Path(sets_dir) / name} is missing; re-run `nsp robustness` to rebuild the sets"
             )
     return summary
-
-
-# ------------------------------------------------------------------------------- stage runner
-
-SETS_SUBDIR = Path("robustness") / "sets"
-
-
-def sets_dir(out: Path = Path("outputs")) -> Path:
-    """Where the ``robustness`` stage writes the sets (``outputs/robustness/sets``)."""
-    return out / SETS_SUBDIR
-
-
-def _all_images(split: Any) -> np.ndarray:
-    return split.get_batch(np.arange(len(split)))
-
-
-def run_robustness(
-    params: dict[str, Any], *, out: Path = Path("outputs"), progress: bool = True
-) -> dict[str, Any]:
-    """The ``robustness`` stage: build the sets, write ``robustness/sets_metrics.json``, track it."""
-    from nsp import config as C
-    from nsp import tracking
-    from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
-    from nsp.stages import _threads, prepared_dir
-
-    _threads()
-    cfg = sets_config(params)
-    root = prepared_dir(params)
-    if not (root / "manifest.json").exists():
-        raise NSPError(
-            f"{root}/manifest.json not found; run `nsp prepare` (dvc repro prepare) first"
-        )
-    manifest = read_manifest(root)
-    if "apool" not in manifest["splits"]:
-        raise NSPError(
-            f"{root} has no -A pool (prepare.a_pool_per_class is 0); set prepare.a_pool_per_class "
-            "> 0 in params.yaml and re-run `nsp prepare`"
-        )
-    split = {s: load_split(root, s) for s in ("labeled", "val", "unlabeled", "test", "apool")}
-    truth = load_unlabeled_truth(root)
-    if truth is None:
-        raise NSPError(f"{root}: unlabeled_truth.npy is missing; re-run `nsp prepare`")
-    train_x = np.concatenate([_all_images(split[s]) for s in ("labeled", "val", "unlabeled")])
-    train_y = np.concatenate([split["labeled"].labels, split["val"].labels, truth])
-    from nsp.io import sha256_file
-
-    manifest_hash = sha256_file(root / "manifest.json")
-    tags = {"data_manifest_sha256": manifest_hash, "dvc_stage": "robustness"}
-    config = {
-        "seed": cfg.seed,
-        "c_images": cfg.c_images,
-        "p_images": cfg.p_images,
-        "a_reference": C.to_dict(cfg.reference),
-    }
-    t0 = time.perf_counter()
-    with tracking.stage_run(
-        params=params, stage="robustness", generation=-1, config=config, tags=tags
-    ) as tr:
-        summary = build_sets(
-            out_dir=sets_dir(out),
-            cfg=cfg,
-            test_x=_all_images(split["test"]),
-            test_y=split["test"].labels,
-            pool_x=_all_images(split["apool"]),
-            pool_y=split["apool"].labels,
-            train_x=train_x,
-            train_y=train_y,
-            val_x=_all_images(split["val"]),
-            val_y=split["val"].labels,
-            class_names=list(manifest["class_names"]),
-            progress=progress,
-        )
-        a = summary["a"]
-        metrics = {
-            "c_images": summary["c"]["images"],
-            "p_images": summary["p"]["images"],
-            "a_pool_size": a["pool_size"],
-            "a_kept": a["kept"],
-            "a_reference_pool_acc": a["reference_pool_acc"],
-            "a_reference_val_acc": a["reference"]["val_acc"],
-            **summary["timings"],
-            "build_seconds": time.perf_counter() - t0,
-        }
-        write_json(out / "robustness" / "sets_metrics.json", metrics)
-        summary_hash = sha256_file(sets_dir(out) / SUMMARY)
-        tr.log_final(
-            metrics,
-            artifacts=[sets_dir(out) / SUMMARY],
-            tags={"robustness_sets_sha256": summary_hash},
-        )
-    return metrics

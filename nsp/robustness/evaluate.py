@@ -1,25 +1,26 @@
-"""Evaluate a model on the robustness sets (the ``evaluate_raw@<model>`` and ``evaluate@<model>`` stages).
+"""Evaluate a model on the robustness sets: the library behind the ``evaluate_raw@<model>`` and
+``evaluate@<model>`` stages (their runners are in :mod:`nsp.robustness.stage`).
 
 Two steps, so that normalising by the baseline needs no cycle in the DAG:
 
 1. :func:`evaluate_raw` runs the model over the clean test split and the -C / -P / -A sets and keeps
    only numbers that depend on that model: the corruption x severity error matrix, flip probability
    and top-5 distance per perturbation, -A accuracy, RMS calibration errors
-   (``outputs/robustness/raw/<model>.json``).
+   (the stage writes them to ``outputs/robustness/raw/<model>.json``).
 2. :func:`robustness_metrics` combines a model's raw numbers with the baseline's: CE / mCE and
    relative mCE (15 benchmark corruptions; the 4 held-out ones are reported per corruption only),
    the unnormalised mean corruption error (CIFAR protocol), flip rate / mFR and top-5 distance rate /
-   mT5D (11 test perturbations) — ``outputs/robustness/<model>.metrics.json`` and
-   ``<model>.errors.csv``.
+   mT5D (11 test perturbations); :func:`errors_table_rows` is the per-corruption table (the stage
+   writes ``outputs/robustness/<model>.metrics.json`` and ``<model>.errors.csv``).
 
-Relative CE uses the clean error on the -C images themselves (``c_clean_err``); ``clean_err`` and
-``calib_err`` use the whole clean test split. A ratio whose baseline denominator is 0 is ``None``.
+Also :func:`predict` (logits of uint8 NHWC images) and :func:`optimise_for_inference` (a traced,
+frozen, optionally bfloat16 model). Relative CE uses the clean error on the -C images themselves
+(``c_clean_err``); ``clean_err`` and ``calib_err`` use the whole clean test split. A ratio whose
+baseline denominator is 0 is ``None``.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,24 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from nsp.config import PRECISIONS
 from nsp.errors import NSPError
 from nsp.robustness import metrics as M
-from nsp.robustness.build import load_summary, sets_dir
+from nsp.robustness.build import load_summary
 from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, SEVERITIES
 from nsp.robustness.perturbations import NOISE_PERTURBATIONS, PERTURBATIONS, TEST_PERTURBATIONS
-from nsp.train.engine import default_device, use_bf16
 
 RAW_FORMAT = "nsp-robustness-raw/1"
 
 __all__ = [
+    "RAW_FORMAT",
     "calibration_or_none",
     "errors_table_rows",
     "evaluate_raw",
+    "optimise_for_inference",
     "predict",
     "robustness_metrics",
-    "run_evaluate",
-    "run_evaluate_raw",
 ]
 
 
@@ -297,173 +296,3 @@ def errors_table_rows(raw: dict[str, Any], metrics: dict[str, Any]) -> list[dict
         row["rel_ce"] = metrics["rel_ce"].get(name)
         rows.append(row)
     return rows
-
-
-# ------------------------------------------------------------------------------ stage runners
-
-OUT = Path("outputs")
-
-
-def model_names(params: dict[str, Any]) -> list[str]:
-    """Every model a pipeline trains: teacher, the generations in order, baseline."""
-    from nsp import config as C
-
-    return ["teacher", *C.generation_keys(params), "baseline"]
-
-
-def _check_model(params: dict[str, Any], model: str) -> None:
-    names = model_names(params)
-    if model not in names:
-        raise NSPError(f"unknown model {model!r}; use one of {', '.join(names)} (params.yaml)")
-
-
-def _settings(params: dict[str, Any]) -> dict[str, Any]:
-    sec = dict(params.get("evaluate") or {})
-    s = {
-        "baseline": sec.get("baseline", "baseline"),
-        "batch_size": sec.get("batch_size", 1024),
-        "calib_beta": sec.get("calib_beta", 100),
-        "precision": sec.get("precision", "fp32"),
-    }
-    if s["precision"] not in PRECISIONS:
-        raise NSPError(
-            f"params.yaml: evaluate.precision must be fp32, bf16 or auto (got {s['precision']!r})"
-        )
-    for key in ("batch_size", "calib_beta"):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise NSPError(f"params.yaml: evaluate.{key} must be an integer >= 1 (got {v!r})")
-    return s
-
-
-def raw_path(model: str, out: Path = OUT) -> Path:
-    return out / "robustness" / "raw" / f"{model}.json"
-
-
-def generation_of(params: dict[str, Any], model: str) -> int:
-    """Generation index from the model name: teacher 0, g_k its position + 1, baseline -1."""
-    from nsp import config as C
-
-    if model == "teacher":
-        return 0
-    gens = C.generation_keys(params)
-    return gens.index(model) + 1 if model in gens else -1
-
-
-def run_evaluate_raw(
-    params: dict[str, Any], model: str, *, out: Path = OUT, progress: bool = True
-) -> dict[str, Any]:
-    """``evaluate_raw@<model>``: the model over every set -> ``robustness/raw/<model>.json``."""
-    from nsp.checkpoint import load_checkpoint, model_from_checkpoint
-    from nsp.data.splits import load_split
-    from nsp.io import sha256_file, write_json
-    from nsp.stages import _threads, model_dir, prepared_dir
-
-    _check_model(params, model)
-    s = _settings(params)
-    sdir = sets_dir(out)
-    load_summary(sdir)  # a clear error before loading anything else
-    _threads()
-    ckpt_path = model_dir(model, out) / "model.pt"
-    device = default_device()
-    net = model_from_checkpoint(load_checkpoint(ckpt_path)).to(device)
-    test = load_split(prepared_dir(params), "test")
-    test_x = test.get_batch(np.arange(len(test)))
-    bf16 = use_bf16(s["precision"], device)
-    exact = optimise_for_inference(net, test_x)
-    raw = evaluate_raw(
-        model=optimise_for_inference(net, test_x, bf16=True) if bf16 else exact,
-        exact_model=exact if bf16 else None,
-        test_x=test_x,
-        test_y=test.labels,
-        sets=sdir,
-        batch_size=s["batch_size"],
-        calib_beta=s["calib_beta"],
-        progress=progress,
-    )
-    raw["model"] = model
-    raw["precision"] = "bf16" if bf16 else "fp32"
-    raw["checkpoint_sha256"] = sha256_file(ckpt_path)
-    raw["sets_sha256"] = sha256_file(sdir / "summary.json")
-    write_json(raw_path(model, out), raw)
-    return raw
-
-
-def _read_raw(model: str, out: Path) -> dict[str, Any]:
-    p = raw_path(model, out)
-    if not p.is_file():
-        raise NSPError(
-            f"{p} not found; run `nsp evaluate {model} --raw` (dvc repro evaluate_raw@{model}) first"
-        )
-    raw = json.loads(p.read_text())
-    if raw.get("format") != RAW_FORMAT:
-        raise NSPError(f"{p} is not a raw robustness result ({RAW_FORMAT}); re-run its stage")
-    return raw
-
-
-def _flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            for k2, v2 in v.items():
-                if isinstance(v2, (int, float)) and not isinstance(v2, bool):
-                    flat[f"{k}.{k2}"] = float(v2)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            flat[k] = float(v)
-    return flat
-
-
-def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict[str, Any]:
-    """``evaluate@<model>``: normalise by the baseline -> ``<model>.metrics.json`` + ``.errors.csv``,
-    logged in a nested MLflow run ``evaluate@<model>``."""
-    from nsp import tracking
-    from nsp.io import atomic_path, write_json
-
-    _check_model(params, model)
-    s = _settings(params)
-    base_name = s["baseline"]
-    _check_model(params, base_name)
-    raw = _read_raw(model, out)
-    base = raw if base_name == model else _read_raw(base_name, out)
-    if raw.get("sets_sha256") != base.get("sets_sha256"):
-        raise NSPError(
-            f"raw results of {model} and {base_name} come from different robustness sets; "
-            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name}"
-        )
-    if raw.get("precision", "fp32") != base.get("precision", "fp32"):
-        raise NSPError(
-            f"raw results of {model} ({raw.get('precision', 'fp32')}) and {base_name} "
-            f"({base.get('precision', 'fp32')}) were computed at different precisions; "
-            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name} with the same evaluate.precision"
-        )
-    metrics = {
-        "model": model,
-        "normalised_by": base_name,
-        **robustness_metrics(raw, base),
-        "checkpoint_sha256": raw["checkpoint_sha256"],
-        "eval_seconds": raw["seconds"],
-        "eval_precision": raw.get("precision", "fp32"),
-    }
-    d = out / "robustness"
-    csv_path = d / f"{model}.errors.csv"
-    rows = errors_table_rows(raw, metrics)
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    gen = generation_of(params, model)
-    tags = {
-        "dvc_stage": f"evaluate@{model}",
-        "model": model,
-        "generation": gen,
-        "checkpoint_sha256": raw["checkpoint_sha256"],
-        "robustness_sets_sha256": raw["sets_sha256"],
-        "normalised_by": base_name,
-    }
-    with tracking.stage_run(
-        params=params, stage=f"evaluate@{model}", generation=gen, config=s, tags=tags
-    ) as tr:
-        write_json(d / f"{model}.metrics.json", metrics)
-        tr.log_final(_flat_numeric(metrics), artifacts=[csv_path, d / f"{model}.metrics.json"])
-    return metrics

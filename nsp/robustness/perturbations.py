@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from nsp.errors import NSPError
+from nsp.robustness.cv_ops import canny, emboss, equalize_hist
 
 __all__ = [
     "EXTRA_NOISE_LEVELS",
@@ -477,90 +478,22 @@ def _snow(x, *, name, rngs, frames):
 
 
 # --------------------------------------------------------------------------------------------
-# spatter (a batched numpy stand-in for the OpenCV pipeline of the reference)
+# spatter (a batched numpy stand-in for the OpenCV pipeline of the reference; its Canny,
+# equalizeHist and emboss steps are shared with the -C spatter in nsp.robustness.cv_ops)
 # --------------------------------------------------------------------------------------------
-
-_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_PLANE[1] = True  # 8-connectivity inside each image, nothing across the batch axis
-_SOBEL_X = np.array([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
-
-
-def _canny(img: np.ndarray, *, low: float, high: float) -> np.ndarray:
-    """Canny edges of a batch (n, H, W) of uint8 images, OpenCV style (3x3 Sobel, L1 norm)."""
-    f = img.astype(np.float64)
-    gx = ndimage.correlate(f, _SOBEL_X[None], mode="nearest")
-    gy = ndimage.correlate(f, _SOBEL_X.T[None], mode="nearest")
-    mag = np.abs(gx) + np.abs(gy)
-    ax, ay = np.abs(gx), np.abs(gy)
-    p = np.pad(mag, ((0, 0), (1, 1), (1, 1)))
-    c = p[:, 1:-1, 1:-1]
-
-    def nb(dy: int, dx: int) -> np.ndarray:
-        return p[:, 1 + dy : p.shape[1] - 1 + dy, 1 + dx : p.shape[2] - 1 + dx]
-
-    tan22 = math.tan(math.radians(22.5))
-    horiz = ay <= ax * tan22
-    vert = ay > ax / tan22
-    same_sign = (gx * gy) > 0
-    keep = np.where(
-        horiz,
-        (c > nb(0, -1)) & (c >= nb(0, 1)),
-        np.where(
-            vert,
-            (c > nb(-1, 0)) & (c >= nb(1, 0)),
-            np.where(
-                same_sign,
-                (c > nb(-1, -1)) & (c >= nb(1, 1)),
-                (c > nb(-1, 1)) & (c >= nb(1, -1)),
-            ),
-        ),
-    )
-    weak = keep & (mag > low)
-    strong = keep & (mag > high)
-    labels, count = ndimage.label(weak, structure=_PLANE)
-    if count == 0:
-        return np.zeros_like(weak)
-    good = np.zeros(count + 1, dtype=bool)
-    good[np.unique(labels[strong])] = True
-    good[0] = False
-    return good[labels]
-
-
-def _equalize_hist(img: np.ndarray) -> np.ndarray:
-    """OpenCV ``equalizeHist`` applied to each uint8 image of a batch (n, H, W)."""
-    n = img.shape[0]
-    flat = img.reshape(n, -1).astype(np.int64)
-    total = flat.shape[1]
-    hist = np.bincount((flat + 256 * np.arange(n)[:, None]).ravel(), minlength=256 * n)
-    hist = hist.reshape(n, 256)
-    first = np.argmax(hist > 0, axis=1)
-    h0 = hist[np.arange(n), first]
-    cdf = np.cumsum(hist, axis=1)
-    denom = np.where(total - h0 > 0, total - h0, 1)
-    lut = np.clip(np.rint((cdf - h0[:, None]) * (255.0 / denom[:, None])), 0, 255)
-    lut[np.arange(256)[None, :] <= first[:, None]] = 0
-    flat_img = np.take_along_axis(lut, flat, axis=1)
-    const = total - h0 == 0  # a single grey level stays as it is
-    flat_img[const] = flat[const]
-    return flat_img.reshape(img.shape).astype(np.uint8)
-
-
-_EMBOSS = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]], dtype=np.float64)
 
 
 def _spatter_mask(liquid: np.ndarray) -> np.ndarray:
     """Water texture mask (n, H, W) in [0, 0.6] of the reference 'water' spatter."""
     li = (np.clip(liquid, 0, 1) * 255).astype(np.uint8)
-    edges = _canny(li, low=50, high=150)
+    edges = canny(li, 50, 150, strict_diagonal=False)
     if edges.any():
         dist = ndimage.distance_transform_edt(~edges, sampling=(1e3, 1.0, 1.0))
     else:
         dist = np.full(li.shape, 20.0)
     dist = np.minimum(dist, 20.0)
     dist = ndimage.uniform_filter(dist, size=(1, 3, 3), mode="mirror").astype(np.uint8)
-    dist = _equalize_hist(dist).astype(np.float64)
-    dist = np.clip(np.rint(ndimage.correlate(dist, _EMBOSS[None], mode="mirror")), 0, 255)
-    dist = np.rint(ndimage.uniform_filter(dist, size=(1, 3, 3), mode="mirror"))
+    dist = emboss(equalize_hist(dist))
     m = li.astype(np.float64) * dist
     mx = m.reshape(m.shape[0], -1).max(axis=1).reshape(-1, 1, 1)
     return np.where(mx > 0, m / np.where(mx > 0, mx, 1.0), 0.0) * 0.6

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ class TrialContext:
 
 def build_context(params: dict[str, Any], spec: StudySpec) -> TrialContext:
     """Load data, run the teacher once over the unlabeled subset, build the -C proxy set."""
-    from nsp.stages import load_data
+    from nsp.runtime import load_data
     from nsp.train.engine import predict_logits, to_nchw
 
     data = load_data(params, unlabeled=True)
@@ -131,8 +131,7 @@ def build_context(params: dict[str, Any], spec: StudySpec) -> TrialContext:
 
 def check_student_sizes(ctx: TrialContext) -> None:
     """Students must not be smaller than the teacher (unless allow_smaller_student), as in the DAG."""
-    from nsp.models import count_params
-    from nsp.train.engine import make_classifier
+    from nsp.student import check_size
 
     spec, params = ctx.spec, ctx.params
     arch_dims = [p for p in spec.search_space if p.key.endswith(".arch")]
@@ -141,15 +140,9 @@ def check_student_sizes(ctx: TrialContext) -> None:
     for p, choice in variants:
         trial_params = params if p is None else spec.apply(params, {p.name: choice})
         cfg = C.student_config(trial_params, spec.generation)
-        if cfg.allow_smaller_student:
-            continue
-        n = count_params(make_classifier(arch=cfg.arch, num_classes=k, in_chans=ch).net)
-        if n < ctx.teacher_params:
-            where = f"search_space.{p.name} choice {choice}" if p else f"student arch {cfg.arch}"
-            raise NSPError(
-                f"{spec.where}: {where} ({n:,} params) is smaller than the teacher "
-                f"({ctx.teacher_params:,}); drop it or set allow_smaller_student: true"
-            )
+        where = f"search_space.{p.name} choice {choice}" if p else f"student arch {cfg.arch}"
+        check_size(cfg, num_classes=k, in_chans=ch, teacher_params=ctx.teacher_params,
+                   what=f"{spec.where}: {where}")  # fmt: skip
 
 
 def _pseudo_source(
@@ -157,7 +150,7 @@ def _pseudo_source(
 ) -> tuple[Any, dict[str, Any]]:
     """Relabel the subset with this trial's pseudo config; cap the stream to the step budget."""
     from nsp.pseudo.label import build_pseudo_label_set, load_pseudo_label_set
-    from nsp.train.engine import PseudoBatchSource
+    from nsp.student import pseudo_source
 
     k = ctx.data["num_classes"]
     stats = build_pseudo_label_set(
@@ -175,9 +168,8 @@ def _pseudo_source(
         raise NSPError(
             f"trial keeps no pseudo-labeled image (threshold {pcfg.threshold}); lower the range"
         )
-    index = torch.from_numpy(ps["index"])
-    targets = torch.from_numpy(ps["targets"])
-    counts = torch.from_numpy(ps["counts"])
+    src = pseudo_source(ps, ctx.unl_images)
+    index, targets, counts = src.index, src.targets, src.counts
     b = ctx.spec.budget
     ub = max(1, int(round(cfg.batch_size * cfg.unlabeled_ratio)))
     stream = int(counts.sum())
@@ -193,7 +185,7 @@ def _pseudo_source(
                 targets[keep],
                 torch.ones(len(keep), dtype=torch.int64),
             )
-    src = PseudoBatchSource(images=ctx.unl_images, index=index, targets=targets, counts=counts)
+            src = replace(src, index=index, targets=targets, counts=counts)
     info = {
         "pseudo_label_acc": stats.get("pseudo_label_acc"),
         "num_kept_unique": stats["num_kept_unique"],
@@ -221,7 +213,7 @@ def run_trial(
     on_epoch: Any,
 ) -> dict[str, Any]:
     """Train one student for ``values``; returns metrics (``val_acc``, ``corruption_error``, ...)."""
-    from nsp.train.engine import train_model
+    from nsp.student import train_student
 
     spec = ctx.spec
     params = spec.apply(ctx.params, values)
@@ -233,33 +225,12 @@ def run_trial(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nsp-trial-") as tmp:
         pseudo, info = _pseudo_source(ctx, pcfg, cfg, Path(tmp))
-    d = ctx.data
-    init = None
-    if cfg.init_from_teacher:  # start from the teacher exactly as `dvc repro` would
-        from nsp.errors import NSPError
-        from nsp.stages import _inherit
-
-        if ctx.teacher_ckpt is None:
-            raise NSPError(
-                f"{spec.where}: init_from_teacher needs the teacher as a checkpoint file"
-            )
-        init = _inherit(
-            ctx.teacher_ckpt,
-            arch=cfg.arch,
-            num_classes=d["num_classes"],
-            in_chans=d["labeled_x"].shape[1],
-            gen=gen,
-            seed=cfg.seed,
-        )
-    result = train_model(
+    result = train_student(
         cfg=cfg,
-        labeled_x=d["labeled_x"],
-        labeled_y=d["labeled_y"],
-        val_x=d["val_x"],
-        val_y=d["val_y"],
-        num_classes=d["num_classes"],
+        data=ctx.data,
         pseudo=pseudo,
-        init_state=init,
+        teacher=ctx.teacher_ckpt,
+        where=f"params.yaml: generations.{gen}",
         on_epoch=on_epoch,
         progress=False,
     )

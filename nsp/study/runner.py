@@ -91,7 +91,7 @@ def prepare_study(
 
 def preflight(spec: StudySpec, params: dict[str, Any]) -> None:
     """Fail before creating anything when the prepared data or the teacher checkpoint is missing."""
-    from nsp.stages import prepared_dir
+    from nsp.runtime import prepared_dir
 
     manifest = prepared_dir(params) / "manifest.json"
     if not manifest.is_file():

@@ -14,7 +14,6 @@ import contextlib
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +257,3 @@ def trial_time(t: FrozenTrial) -> float | None:
     if t.datetime_start is None or t.datetime_complete is None:
         return None
     return (t.datetime_complete - t.datetime_start).total_seconds()
-
-
-def now_iso() -> str:
-    return datetime.now().isoformat(timespec="seconds")

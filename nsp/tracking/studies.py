@@ -17,7 +17,14 @@ from typing import Any
 
 from nsp.errors import NSPError
 from nsp.io import sqlite_file_lock
-from nsp.tracking import _experiment_id, _flatten, _numeric, connect, git_commit, settings
+from nsp.tracking.store import (
+    _experiment_id,
+    _flatten,
+    _numeric,
+    connect,
+    git_commit,
+    settings,
+)
 
 STUDY_SUFFIX = "-studies"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -237,10 +244,6 @@ def trial_runs(params: dict[str, Any], *, parent_run_id: str) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------- model registry
-
-
-def is_model_uri(uri: str) -> bool:
-    return uri.startswith("models:/")
 
 
 def resolve_model_uri(

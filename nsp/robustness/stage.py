@@ -1,0 +1,330 @@
+"""The tracked DVC-stage runners of the robustness benchmark: ``robustness``,
+``evaluate_raw@<model>`` and ``evaluate@<model>``.
+
+They resolve params.yaml (:func:`sets_config`, the ``evaluate:`` section), own the outputs layout
+(``outputs/robustness/sets``, ``outputs/robustness/raw/<model>.json``, ``<model>.metrics.json`` and
+``<model>.errors.csv``), load the prepared data and checkpoints, log to MLflow through
+:mod:`nsp.tracking` and write the stage outputs. The computations themselves are the library
+functions of :mod:`nsp.robustness.build` (the sets) and :mod:`nsp.robustness.evaluate` (predictions
+and metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nsp.config import PRECISIONS, NoiseConfig, TrainConfig
+from nsp.errors import NSPError
+from nsp.io import atomic_path, sha256_file, write_json
+from nsp.robustness.build import SUMMARY, SetsConfig, build_sets, load_summary, reference_config
+from nsp.robustness.evaluate import (
+    RAW_FORMAT,
+    errors_table_rows,
+    evaluate_raw,
+    optimise_for_inference,
+    robustness_metrics,
+)
+from nsp.runtime import OUT, model_dir, prepared_dir, setup_threads
+from nsp.train.engine import default_device, use_bf16
+
+__all__ = [
+    "SETS_SUBDIR",
+    "generation_of",
+    "model_names",
+    "raw_path",
+    "run_evaluate",
+    "run_evaluate_raw",
+    "run_robustness",
+    "sets_config",
+    "sets_dir",
+]
+
+# ----------------------------------------------------------------------------------- robustness
+
+
+def sets_config(params: dict[str, Any]) -> SetsConfig:
+    """Resolve ``robustness:`` (keys seed, c_images, p_images, a_reference: {TrainConfig keys})."""
+    from nsp.config import build_config
+
+    sec = dict(params.get("robustness") or {})
+    ref_sec = sec.pop("a_reference", None) or {}
+    known = {"seed", "c_images", "p_images"}
+    unknown = sorted(set(sec) - known)
+    if unknown:
+        raise NSPError(
+            f"params.yaml: unknown key robustness.{unknown[0]}; valid keys: "
+            f"{sorted(known | {'a_reference'})}"
+        )
+    if not isinstance(ref_sec, dict):
+        raise NSPError("params.yaml: robustness.a_reference must be a mapping of training keys")
+    ref_sec = dict(ref_sec)  # never mutate the caller's params
+    default = reference_config()
+    ref_noise = {f: getattr(default.noise, f) for f in NoiseConfig.__dataclass_fields__}
+    ref_noise.update(ref_sec.pop("noise", None) or {})
+    merged = {
+        f: getattr(default, f) for f in TrainConfig.__dataclass_fields__ if f not in ("noise",)
+    }
+    merged.update(ref_sec)
+    merged["name"] = "robustness.a_reference"
+    ref = build_config(TrainConfig, {**merged, "noise": ref_noise}, "robustness.a_reference")
+    cfg = SetsConfig(reference=ref, **sec)
+    cfg.validate()
+    return cfg
+
+
+SETS_SUBDIR = Path("robustness") / "sets"
+
+
+def sets_dir(out: Path = OUT) -> Path:
+    """Where the ``robustness`` stage writes the sets (``outputs/robustness/sets``)."""
+    return out / SETS_SUBDIR
+
+
+def _all_images(split: Any) -> np.ndarray:
+    return split.get_batch(np.arange(len(split)))
+
+
+def run_robustness(
+    params: dict[str, Any], *, out: Path = OUT, progress: bool = True
+) -> dict[str, Any]:
+    """The ``robustness`` stage: build the sets, write ``robustness/sets_metrics.json``, track it."""
+    from nsp import config as C
+    from nsp import tracking
+    from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
+
+    setup_threads()
+    cfg = sets_config(params)
+    root = prepared_dir(params)
+    if not (root / "manifest.json").exists():
+        raise NSPError(
+            f"{root}/manifest.json not found; run `nsp prepare` (dvc repro prepare) first"
+        )
+    manifest = read_manifest(root)
+    if "apool" not in manifest["splits"]:
+        raise NSPError(
+            f"{root} has no -A pool (prepare.a_pool_per_class is 0); set prepare.a_pool_per_class "
+            "> 0 in params.yaml and re-run `nsp prepare`"
+        )
+    split = {s: load_split(root, s) for s in ("labeled", "val", "unlabeled", "test", "apool")}
+    truth = load_unlabeled_truth(root)
+    if truth is None:
+        raise NSPError(f"{root}: unlabeled_truth.npy is missing; re-run `nsp prepare`")
+    train_x = np.concatenate([_all_images(split[s]) for s in ("labeled", "val", "unlabeled")])
+    train_y = np.concatenate([split["labeled"].labels, split["val"].labels, truth])
+    manifest_hash = sha256_file(root / "manifest.json")
+    tags = {"data_manifest_sha256": manifest_hash, "dvc_stage": "robustness"}
+    config = {
+        "seed": cfg.seed,
+        "c_images": cfg.c_images,
+        "p_images": cfg.p_images,
+        "a_reference": C.to_dict(cfg.reference),
+    }
+    t0 = time.perf_counter()
+    with tracking.stage_run(
+        params=params, stage="robustness", generation=-1, config=config, tags=tags
+    ) as tr:
+        summary = build_sets(
+            out_dir=sets_dir(out),
+            cfg=cfg,
+            test_x=_all_images(split["test"]),
+            test_y=split["test"].labels,
+            pool_x=_all_images(split["apool"]),
+            pool_y=split["apool"].labels,
+            train_x=train_x,
+            train_y=train_y,
+            val_x=_all_images(split["val"]),
+            val_y=split["val"].labels,
+            class_names=list(manifest["class_names"]),
+            progress=progress,
+        )
+        a = summary["a"]
+        metrics = {
+            "c_images": summary["c"]["images"],
+            "p_images": summary["p"]["images"],
+            "a_pool_size": a["pool_size"],
+            "a_kept": a["kept"],
+            "a_reference_pool_acc": a["reference_pool_acc"],
+            "a_reference_val_acc": a["reference"]["val_acc"],
+            **summary["timings"],
+            "build_seconds": time.perf_counter() - t0,
+        }
+        write_json(out / "robustness" / "sets_metrics.json", metrics)
+        summary_hash = sha256_file(sets_dir(out) / SUMMARY)
+        tr.log_final(
+            metrics,
+            artifacts=[sets_dir(out) / SUMMARY],
+            tags={"robustness_sets_sha256": summary_hash},
+        )
+    return metrics
+
+
+# ------------------------------------------------------------------------ evaluate_raw / evaluate
+
+
+def model_names(params: dict[str, Any]) -> list[str]:
+    """Every model a pipeline trains: teacher, the generations in order, baseline."""
+    from nsp import config as C
+
+    return ["teacher", *C.generation_keys(params), "baseline"]
+
+
+def _check_model(params: dict[str, Any], model: str) -> None:
+    names = model_names(params)
+    if model not in names:
+        raise NSPError(f"unknown model {model!r}; use one of {', '.join(names)} (params.yaml)")
+
+
+def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    sec = dict(params.get("evaluate") or {})
+    s = {
+        "baseline": sec.get("baseline", "baseline"),
+        "batch_size": sec.get("batch_size", 1024),
+        "calib_beta": sec.get("calib_beta", 100),
+        "precision": sec.get("precision", "fp32"),
+    }
+    if s["precision"] not in PRECISIONS:
+        raise NSPError(
+            f"params.yaml: evaluate.precision must be fp32, bf16 or auto (got {s['precision']!r})"
+        )
+    for key in ("batch_size", "calib_beta"):
+        v = s[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise NSPError(f"params.yaml: evaluate.{key} must be an integer >= 1 (got {v!r})")
+    return s
+
+
+def raw_path(model: str, out: Path = OUT) -> Path:
+    """Where ``evaluate_raw@<model>`` writes the model's raw numbers."""
+    return out / "robustness" / "raw" / f"{model}.json"
+
+
+def generation_of(params: dict[str, Any], model: str) -> int:
+    """Generation index from the model name: teacher 0, g_k its position + 1, baseline -1."""
+    from nsp import config as C
+
+    if model == "teacher":
+        return 0
+    gens = C.generation_keys(params)
+    return gens.index(model) + 1 if model in gens else -1
+
+
+def run_evaluate_raw(
+    params: dict[str, Any], model: str, *, out: Path = OUT, progress: bool = True
+) -> dict[str, Any]:
+    """``evaluate_raw@<model>``: the model over every set -> ``robustness/raw/<model>.json``."""
+    from nsp.checkpoint import load_checkpoint, model_from_checkpoint
+    from nsp.data.splits import load_split
+
+    _check_model(params, model)
+    s = _settings(params)
+    sdir = sets_dir(out)
+    load_summary(sdir)  # a clear error before loading anything else
+    setup_threads()
+    ckpt_path = model_dir(model, out) / "model.pt"
+    device = default_device()
+    net = model_from_checkpoint(load_checkpoint(ckpt_path)).to(device)
+    test = load_split(prepared_dir(params), "test")
+    test_x = test.get_batch(np.arange(len(test)))
+    bf16 = use_bf16(s["precision"], device)
+    exact = optimise_for_inference(net, test_x)
+    raw = evaluate_raw(
+        model=optimise_for_inference(net, test_x, bf16=True) if bf16 else exact,
+        exact_model=exact if bf16 else None,
+        test_x=test_x,
+        test_y=test.labels,
+        sets=sdir,
+        batch_size=s["batch_size"],
+        calib_beta=s["calib_beta"],
+        progress=progress,
+    )
+    raw["model"] = model
+    raw["precision"] = "bf16" if bf16 else "fp32"
+    raw["checkpoint_sha256"] = sha256_file(ckpt_path)
+    raw["sets_sha256"] = sha256_file(sdir / "summary.json")
+    write_json(raw_path(model, out), raw)
+    return raw
+
+
+def _read_raw(model: str, out: Path) -> dict[str, Any]:
+    p = raw_path(model, out)
+    if not p.is_file():
+        raise NSPError(
+            f"{p} not found; run `nsp evaluate {model} --raw` (dvc repro evaluate_raw@{model}) first"
+        )
+    raw = json.loads(p.read_text())
+    if raw.get("format") != RAW_FORMAT:
+        raise NSPError(f"{p} is not a raw robustness result ({RAW_FORMAT}); re-run its stage")
+    return raw
+
+
+def _flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            for k2, v2 in v.items():
+                if isinstance(v2, (int, float)) and not isinstance(v2, bool):
+                    flat[f"{k}.{k2}"] = float(v2)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[k] = float(v)
+    return flat
+
+
+def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict[str, Any]:
+    """``evaluate@<model>``: normalise by the baseline -> ``<model>.metrics.json`` + ``.errors.csv``,
+    logged in a nested MLflow run ``evaluate@<model>``."""
+    from nsp import tracking
+
+    _check_model(params, model)
+    s = _settings(params)
+    base_name = s["baseline"]
+    _check_model(params, base_name)
+    raw = _read_raw(model, out)
+    base = raw if base_name == model else _read_raw(base_name, out)
+    if raw.get("sets_sha256") != base.get("sets_sha256"):
+        raise NSPError(
+            f"raw results of {model} and {base_name} come from different robustness sets; "
+            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name}"
+        )
+    if raw.get("precision", "fp32") != base.get("precision", "fp32"):
+        raise NSPError(
+            f"raw results of {model} ({raw.get('precision', 'fp32')}) and {base_name} "
+            f"({base.get('precision', 'fp32')}) were computed at different precisions; "
+            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name} with the same evaluate.precision"
+        )
+    metrics = {
+        "model": model,
+        "normalised_by": base_name,
+        **robustness_metrics(raw, base),
+        "checkpoint_sha256": raw["checkpoint_sha256"],
+        "eval_seconds": raw["seconds"],
+        "eval_precision": raw.get("precision", "fp32"),
+    }
+    d = out / "robustness"
+    csv_path = d / f"{model}.errors.csv"
+    rows = errors_table_rows(raw, metrics)
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    gen = generation_of(params, model)
+    tags = {
+        "dvc_stage": f"evaluate@{model}",
+        "model": model,
+        "generation": gen,
+        "checkpoint_sha256": raw["checkpoint_sha256"],
+        "robustness_sets_sha256": raw["sets_sha256"],
+        "normalised_by": base_name,
+    }
+    with tracking.stage_run(
+        params=params, stage=f"evaluate@{model}", generation=gen, config=s, tags=tags
+    ) as tr:
+        write_json(d / f"{model}.metrics.json", metrics)
+        tr.log_final(_flat_numeric(metrics), artifacts=[csv_path, d / f"{model}.metrics.json"])
+    return metrics

@@ -1,0 +1,77 @@
+"""The training step (nsp.train.step): train_model is a loop over it, and the bench times it."""
+
+from __future__ import annotations
+
+import torch
+
+from nsp.config import NoiseConfig, TrainConfig
+from nsp.train.engine import model_for, train_model
+from nsp.train.step import PseudoBatchSource, TrainStep
+
+
+def _setup(seed: int = 3) -> tuple[TrainConfig, dict, PseudoBatchSource]:
+    g = torch.Generator().manual_seed(99)
+    data = {
+        "labeled_x": torch.randint(0, 256, (20, 1, 32, 32), dtype=torch.uint8, generator=g),
+        "labeled_y": torch.randint(0, 4, (20,), generator=g),
+        "val_x": torch.randint(0, 256, (8, 1, 32, 32), dtype=torch.uint8, generator=g),
+        "val_y": torch.randint(0, 4, (8,), generator=g),
+    }
+    images = torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8, generator=g)
+    targets = torch.softmax(torch.randn(64, 4, generator=g), 1)
+    pseudo = PseudoBatchSource(
+        images=images,
+        index=torch.randint(0, 40, (64,), generator=g),
+        targets=targets,
+        counts=torch.ones(64, dtype=torch.int64),
+    )
+    noise = NoiseConfig(ra_num_ops=2, ra_magnitude=9, crop_flip=True, dropout=0.2, drop_path=0.1)
+    cfg = TrainConfig(name="t", arch="nsp_resnet_xs", epochs=1, batch_size=8, unlabeled_ratio=2,
+                      ema_decay=0.0, warmup_epochs=0.5, seed=seed, noise=noise)  # fmt: skip
+    return cfg, data, pseudo
+
+
+def test_bench_step_and_train_model_give_the_same_weights():
+    """k steps of TrainStep (next_batch + step, what `nsp bench` times) from the state train_model
+    starts in end at exactly train_model's weights (one epoch of k = 4 steps, no EMA, fp32)."""
+    torch.set_num_threads(1)
+    cfg, d, pseudo = _setup()
+    out = train_model(cfg=cfg, num_classes=4, pseudo=pseudo, progress=False, **d)
+    assert out["metrics"]["steps"] == 4  # 64 pseudo rows / 16 per step
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = model_for(cfg, labeled_x=d["labeled_x"], num_classes=4)
+    ts = TrainStep(cfg=cfg, model=model, labeled_x=d["labeled_x"], labeled_y=d["labeled_y"],
+                   gen=gen, device=torch.device("cpu"), pseudo=pseudo)  # fmt: skip
+    ts.model.train()
+    losses = [ts.step(*ts.next_batch()) for _ in range(ts.total)]
+    assert ts.step_no == 4 and all(x["unlabeled"] is not None for x in losses)
+    mine, theirs = ts.model.state_dict(), out["model"].state_dict()
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    # and the step does move the weights (the comparison is not between two untouched models)
+    fresh = model_for(cfg, labeled_x=d["labeled_x"], num_classes=4).state_dict()
+    assert not all(torch.equal(fresh[k], mine[k]) for k in mine if k.endswith("weight"))
+
+
+def test_loss_weights_the_unlabeled_term():
+    """loss = CE(labeled) + unlabeled_weight * soft-CE(targets), on a two-sample batch by hand."""
+    cfg, d, pseudo = _setup()
+    cfg.unlabeled_weight = 0.5
+    model = model_for(cfg, labeled_x=d["labeled_x"], num_classes=4)
+    ts = TrainStep(cfg=cfg, model=model, labeled_x=d["labeled_x"], labeled_y=d["labeled_y"],
+                   gen=torch.Generator(), device=torch.device("cpu"), pseudo=pseudo)  # fmt: skip
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    y = torch.tensor([0])
+    t = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
+    total, lab, unl = ts.loss(logits, y, t)
+    e = torch.e
+    ce_lab = -torch.log(torch.tensor(e**2 / (e**2 + 3)))
+    soft = -(
+        0.5 * torch.log(torch.tensor(e / (e + 3))) + 0.5 * torch.log(torch.tensor(1 / (e + 3)))
+    )
+    assert torch.isclose(lab, ce_lab) and torch.isclose(unl, soft)
+    assert torch.isclose(total, ce_lab + 0.5 * soft)
+    total_l, lab_l, none = ts.loss(logits[:1], y, None)  # teacher / baseline: labeled term only
+    assert none is None and torch.isclose(total_l, ce_lab)
