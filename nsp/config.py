@@ -81,6 +81,7 @@ class PseudoConfig:
     """How a teacher labels the unlabeled split (official defaults: soft, T=1, threshold 0.3)."""
 
     soft: bool = True
+    # softmax temperature of the stored soft targets only; filtering and balancing use T = 1 (official)
     temperature: float = 1.0
     label_smoothing: float = 0.0
     threshold: float = 0.3

@@ -126,10 +126,10 @@ def test_pseudo_label_set_temperature_threshold_and_stats(tmp_path):
             progress=False,
         )
         probs = torch.softmax(torch.from_numpy(logits) / temp, 1).numpy()
-        keep = probs.max(1) >= 0.5
+        keep = torch.softmax(torch.from_numpy(logits), 1).numpy().max(1) >= 0.5  # T = 1 filters
         s = load_pseudo_label_set(out, 3)
         assert s["index"].tolist() == np.flatnonzero(keep).tolist()
-        assert np.allclose(s["targets"], probs[keep], atol=1e-6)
+        assert np.allclose(s["targets"], probs[keep], atol=1e-6)  # T shapes the targets
         assert stats["num_unlabeled"] == 4 and stats["stream_size"] == keep.sum()
         kept_correct = (probs.argmax(1) == truth)[keep]
         assert stats["pseudo_label_acc"] == pytest.approx(kept_correct.mean())
@@ -139,6 +139,45 @@ def test_pseudo_label_set_temperature_threshold_and_stats(tmp_path):
             "shard-00001.parquet",
             "stats.json",
         ]
+
+
+def _label_set(tmp_path, logits, *, temperature, balance, soft=True):
+    images = np.zeros((len(logits), 2, 2, 1), np.float32)
+    images.reshape(len(logits), -1)[:, :3] = logits
+    cfg = PseudoConfig(soft=soft, temperature=temperature, threshold=0.4, balance=balance,
+                       per_class=1, topk=3, batch_size=8, shard_size=8)  # fmt: skip
+    out = tmp_path / f"set-{temperature}-{balance}-{soft}"
+    stats = build_pseudo_label_set(model=_FixedLogits(), get_batch=lambda i: images[i], n=len(logits),
+                                   num_classes=3, cfg=cfg, out_dir=out, progress=False)  # fmt: skip
+    return stats, load_pseudo_label_set(out, 3)
+
+
+def test_temperature_sharpens_targets_but_filtering_and_balancing_use_t1(tmp_path):
+    """Official order: filter and balance on the T = 1 probabilities, then apply T to the targets.
+
+    Rows (threshold 0.4): A [4,0,0] conf 0.965 at T=1; B [1,1,1.2] conf 0.379 at T=1 but 0.427 at
+    T=0.5; C [0,0,5] 0.987; D [0.5,0,0] 0.452 at T=1 but 0.391 at T=2. Filtering on T=0.5 would keep
+    B, on T=2 would drop D: NSP keeps A, C, D for every T.
+    """
+    logits = np.array([[4, 0, 0], [1, 1, 1.2], [0, 0, 5], [0.5, 0, 0]], np.float32)
+    t1 = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    assert (t1.max(1) >= 0.4).tolist() == [True, False, True, True]
+    for temp, old_rule in ((0.5, [0, 1, 2, 3]), (2.0, [0, 2])):
+        sharp = torch.softmax(torch.from_numpy(logits) / temp, 1).numpy()
+        assert np.flatnonzero(sharp.max(1) >= 0.4).tolist() == old_rule  # the case discriminates
+        _, s = _label_set(tmp_path, logits, temperature=temp, balance=False)
+        assert s["index"].tolist() == [0, 2, 3]
+        assert np.allclose(s["targets"], sharp[[0, 2, 3]], atol=1e-6)
+        assert not np.allclose(s["targets"], t1[[0, 2, 3]], atol=1e-3)  # really sharpened/softened
+        # balancing (per_class 1): class thresholds from T = 1 confidences (A 0.965 -> 0.96,
+        # C 0.987 -> 0.98, class 1 empty -> base 0.40); on T = 0.5 they would be 0.99 and 0.99
+        stats, s = _label_set(tmp_path, logits, temperature=temp, balance=True)
+        assert stats["class_thresholds"] == pytest.approx([0.96, 0.40, 0.98])
+        assert s["index"].tolist() == [0, 2] and s["counts"].tolist() == [1, 1]
+        assert np.allclose(s["targets"], sharp[[0, 2]], atol=1e-6)
+    # hard targets ignore T (argmax of the T = 1 probabilities)
+    _, s = _label_set(tmp_path, logits, temperature=0.5, balance=False, soft=False)
+    assert s["targets"].tolist() == [[1, 0, 0], [0, 0, 1], [1, 0, 0]]
 
 
 @pytest.mark.parametrize("name", ["nsp_resnet_xs", "nsp_resnet_s", "nsp_resnet_m", "nsp_resnet_l"])

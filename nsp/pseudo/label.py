@@ -3,6 +3,13 @@
 Pass 1 runs the teacher (eval mode, no augmentation) batch by batch, writes prediction shards and
 accumulates per-class confidence histograms (memory: classes x 100 bins, not N x classes).
 Pass 2 derives per-class thresholds and copy counts and rewrites each shard with its ``count`` column.
+
+Temperature, as the official code (google-research/noisystudent: the teacher's predictions are
+filtered and balanced by ``filter_unlabel.py``, the softmax temperature only sharpens the training
+targets): the ``label``, the ``confidence`` column, the threshold and the per-class balancing all use
+the teacher's T = 1 probabilities; ``pseudo.temperature`` changes only the stored targets
+(``softmax(logits / T)``, then hard / smoothed as configured). T therefore never changes which
+images are kept or how often.
 Output (a directory, one DVC output): ``shard-XXXXX.parquet`` + ``stats.json`` + ``provenance.json``.
 """
 
@@ -29,13 +36,16 @@ GetBatch = Callable[[np.ndarray], np.ndarray]  # indices -> uint8 (B, H, W, C)
 
 
 @torch.inference_mode()
-def teacher_probs(
-    model: torch.nn.Module, x_nhwc: np.ndarray, *, temperature: float = 1.0
-) -> np.ndarray:
-    """softmax(logits / T) of the un-noised teacher for a uint8 NHWC batch."""
+def teacher_logits(model: torch.nn.Module, x_nhwc: np.ndarray) -> torch.Tensor:
+    """float32 logits of the un-noised teacher (eval mode) for a uint8 NHWC batch."""
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(x_nhwc)).permute(0, 3, 1, 2)
-    return F.softmax(model(x).float() / temperature, dim=1).cpu().numpy()
+    return model(x).float()
+
+
+def _softmax(logits: torch.Tensor, temperature: float) -> np.ndarray:
+    """softmax(logits / T) as numpy (T = 1.0 divides exactly, so it equals softmax(logits))."""
+    return F.softmax(logits / temperature, dim=1).cpu().numpy()
 
 
 def soft_targets(probs: np.ndarray, *, soft: bool, label_smoothing: float) -> np.ndarray:
@@ -47,13 +57,16 @@ def soft_targets(probs: np.ndarray, *, soft: bool, label_smoothing: float) -> np
     return hard * (1 - label_smoothing) + label_smoothing / k
 
 
-def _shard_table(index: np.ndarray, targets: np.ndarray, conf: np.ndarray, topk: int) -> pa.Table:
+def _shard_table(
+    index: np.ndarray, label: np.ndarray, targets: np.ndarray, conf: np.ndarray, topk: int
+) -> pa.Table:
+    """``label`` / ``confidence``: the T = 1 argmax and max; ``class_j`` / ``prob_j``: top-k targets."""
     k = min(topk, targets.shape[1])
     order = np.argsort(-targets, axis=1, kind="stable")[:, :k]
     probs = np.take_along_axis(targets, order, axis=1)
     cols: dict[str, Any] = {
         "index": pa.array(index.astype(np.int64)),
-        "label": pa.array(order[:, 0].astype(np.int32)),
+        "label": pa.array(label.astype(np.int32)),
         "confidence": pa.array(conf.astype(np.float32)),
     }
     for j in range(k):
@@ -84,19 +97,25 @@ def predict_shards(
     )
     for s0 in range(start, stop, cfg.shard_size):
         s1 = min(s0 + cfg.shard_size, stop)
-        idx_parts, tgt_parts, conf_parts = [], [], []
+        idx_parts, lab_parts, tgt_parts, conf_parts = [], [], [], []
         for b0 in range(s0, s1, cfg.batch_size):
             idx = np.arange(b0, min(b0 + cfg.batch_size, s1))
-            probs = teacher_probs(model, get_batch(idx), temperature=cfg.temperature)
+            logits = teacher_logits(model, get_batch(idx))
+            probs = _softmax(logits, 1.0)  # filter and balance on T = 1 (official)
             conf = probs.max(1)
-            tgt = soft_targets(probs, soft=cfg.soft, label_smoothing=cfg.label_smoothing)
+            sharp = probs
+            if cfg.soft and cfg.temperature != 1.0:  # T sharpens soft targets only
+                sharp = _softmax(logits, cfg.temperature)
+            tgt = soft_targets(sharp, soft=cfg.soft, label_smoothing=cfg.label_smoothing)
             idx_parts.append(idx)
+            lab_parts.append(probs.argmax(1))
             tgt_parts.append(tgt)
             conf_parts.append(conf)
             hist += class_histogram(probs.argmax(1), conf, grid, num_classes)
             bar.update(len(idx))
         table = _shard_table(
             np.concatenate(idx_parts),
+            np.concatenate(lab_parts),
             np.concatenate(tgt_parts),
             np.concatenate(conf_parts),
             cfg.topk,
