@@ -7,6 +7,7 @@ function. Students resolve ``student:`` defaults overlaid by ``generations.<gN>:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,17 @@ from nsp.errors import NSPError
 
 # training and evaluation precision: "auto" = bf16 where the hardware runs it natively
 PRECISIONS = ("fp32", "bf16", "auto")
+# input-noise recipes (nsp.train.step.InputNoise): "nsp" = crop/flip, then RandAugment over 15 ops
+# (fill 0); "official" = the official 32-px recipe: RandAugment over 16 ops (Cutout included, fill
+# 128), then crop/flip, then an always-on cutout of side image_size // 2 (16 px at 32 px)
+NOISE_RECIPES = ("nsp", "official")
 
 
 @dataclass
 class NoiseConfig:
     """Student/teacher noise (each switchable): RandAugment, crop+flip, dropout, stochastic depth."""
 
+    recipe: str = "nsp"
     randaugment: bool = True
     ra_num_ops: int = 2
     ra_magnitude: float = 9.0
@@ -41,12 +47,16 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 64
     unlabeled_ratio: float = 0.0
-    unlabeled_weight: float = 1.0
+    # weight of the unlabeled loss: a number (1.0 = the paper's equation, mean CE + mean CE), or
+    # "ratio" = unlabeled_ratio, as the official main.py
+    unlabeled_weight: float | str = 1.0
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
+    # on the labeled CE; with smooth_pseudo_labels also on hard (one-hot) pseudo targets (official 0.1)
     label_smoothing: float = 0.0
+    smooth_pseudo_labels: bool = False
     ema_decay: float = 0.999
     seed: int = 0
     init_from_teacher: bool = False
@@ -74,6 +84,27 @@ class TrainConfig:
         _check(
             0 <= self.noise.ra_magnitude <= 30, f"{self.name}.ra_magnitude", "must be in [0, 30]"
         )
+        _check(
+            self.noise.recipe in NOISE_RECIPES,
+            f"{self.name}.noise.recipe",
+            f"must be one of {', '.join(NOISE_RECIPES)}",
+        )
+        self.unlabeled_weight_value()
+        _check(0 <= self.label_smoothing < 1, f"{self.name}.label_smoothing", "must be in [0, 1)")
+        _check(
+            not self.smooth_pseudo_labels or self.label_smoothing > 0,
+            f"{self.name}.smooth_pseudo_labels",
+            "needs label_smoothing > 0 (e.g. 0.1, official)",
+        )
+
+    def unlabeled_weight_value(self) -> float:
+        """The unlabeled loss weight as a number ("ratio" resolves to ``unlabeled_ratio``)."""
+        w = self.unlabeled_weight
+        if w == "ratio":
+            return float(self.unlabeled_ratio)
+        ok = isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+        _check(ok, f"{self.name}.unlabeled_weight", "must be 'ratio' or a number >= 0")
+        return float(w)
 
 
 @dataclass

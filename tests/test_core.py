@@ -239,6 +239,26 @@ def test_config_rejects_out_of_range_and_unknown_keys():
         C.teacher_of({"generations": {"g1": {}, "g2": {"teacher": "g5"}}}, "g2")
 
 
+@pytest.mark.parametrize("value", ["half", -1, True, float("nan")])
+def test_config_unlabeled_weight_is_ratio_or_a_number(value):
+    from nsp import config as C
+
+    def student(**kw):
+        return C.student_config({"generations": {"g1": {"unlabeled_ratio": 3, **kw}}}, "g1")
+
+    assert student(unlabeled_weight="ratio").unlabeled_weight_value() == 3.0
+    assert student(unlabeled_weight=0.5).unlabeled_weight_value() == 0.5
+    assert student().unlabeled_weight_value() == 1.0  # default: the paper's equation
+    msg = "params.yaml: g1.unlabeled_weight must be 'ratio' or a number >= 0; fix the value"
+    with pytest.raises(NSPError, match=msg) as err:
+        student(unlabeled_weight=value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(NSPError, match="g1.noise.recipe must be one of nsp, official"):
+        student(noise={"recipe": "paper"})
+    with pytest.raises(NSPError, match="g1.smooth_pseudo_labels needs label_smoothing > 0"):
+        student(smooth_pseudo_labels=True)
+
+
 def test_growing_s_to_m_to_l_preserves_the_function():
     from nsp.models.resnet import grow_state_dict
     from nsp.train.engine import make_classifier

@@ -75,3 +75,33 @@ def test_loss_weights_the_unlabeled_term():
     assert torch.isclose(total, ce_lab + 0.5 * soft)
     total_l, lab_l, none = ts.loss(logits[:1], y, None)  # teacher / baseline: labeled term only
     assert none is None and torch.isclose(total_l, ce_lab)
+
+    # "ratio": the official weighting, w = unlabeled_ratio (2 here)
+    cfg.unlabeled_weight = "ratio"
+    ts = TrainStep(cfg=cfg, model=model, labeled_x=d["labeled_x"], labeled_y=d["labeled_y"],
+                   gen=torch.Generator(), device=torch.device("cpu"), pseudo=pseudo)  # fmt: skip
+    total, lab, unl = ts.loss(logits, y, t)
+    assert ts.unlabeled_weight == 2.0 and torch.isclose(total, ce_lab + 2.0 * soft)
+
+
+def test_label_smoothing_of_hard_pseudo_targets():
+    """smooth_pseudo_labels: a one-hot pseudo target [0, 1, 0, 0] becomes [.025, .925, .025, .025]
+    (label_smoothing 0.1, K = 4); soft targets are left alone; the labeled CE is smoothed either way."""
+    cfg, d, pseudo = _setup()
+    cfg.label_smoothing, cfg.smooth_pseudo_labels = 0.1, True
+    model = model_for(cfg, labeled_x=d["labeled_x"], num_classes=4)
+    ts = TrainStep(cfg=cfg, model=model, labeled_x=d["labeled_x"], labeled_y=d["labeled_y"],
+                   gen=torch.Generator(), device=torch.device("cpu"), pseudo=pseudo)  # fmt: skip
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    e = torch.e
+    logp_u = torch.log(torch.tensor([1 / (e + 3), e / (e + 3), 1 / (e + 3), 1 / (e + 3)]))
+    logp_l = torch.log(torch.tensor([e**2, 1, 1, 1]) / (e**2 + 3))
+    _, lab, unl = ts.loss(logits, torch.tensor([0]), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+    assert torch.isclose(unl, -(0.925 * logp_u[1] + 0.025 * (logp_u.sum() - logp_u[1])))
+    assert torch.isclose(lab, -(0.925 * logp_l[0] + 0.025 * (logp_l.sum() - logp_l[0])))
+    soft = torch.tensor([[0.0, 0.5, 0.5, 0.0]])
+    _, _, unl_soft = ts.loss(logits, torch.tensor([0]), soft)
+    assert torch.isclose(unl_soft, -(0.5 * logp_u[1] + 0.5 * logp_u[2]))
+    cfg.smooth_pseudo_labels = False  # the default (ts reads cfg): hard pseudo targets stay one-hot
+    _, _, unl_hard = ts.loss(logits, torch.tensor([0]), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
+    assert torch.isclose(unl_hard, -logp_u[1])

@@ -5,9 +5,12 @@ and the loss. :func:`nsp.train.engine.train_model` is a loop over it (plus valid
 resume), and ``nsp bench`` times the same object, so the benchmark measures the code that trains.
 
 A student step draws a labeled batch and an unlabeled batch ``unlabeled_ratio`` times larger, applies
-the input noise (crop/flip, per-sample RandAugment) to the concatenated uint8 batch, and minimises
-``CE(labeled) + unlabeled_weight * soft-CE(pseudo targets)``; dropout and stochastic depth live in
-the model. A teacher / baseline step is the labeled half alone.
+the input noise (``noise.recipe``, see :class:`InputNoise`) to the concatenated uint8 batch, and
+minimises ``CE(labeled) + w * soft-CE(pseudo targets)`` (each a batch mean). ``w`` is
+``unlabeled_weight``: a number (default 1.0, the paper's equation) or ``"ratio"`` (= ``unlabeled_ratio``,
+as the official ``main.py``, i.e. every image weighs the same). ``label_smoothing`` applies to the
+labeled CE and, with ``smooth_pseudo_labels``, to hard (one-hot) pseudo targets as the official code.
+Dropout and stochastic depth live in the model. A teacher / baseline step is the labeled half alone.
 
 New input noise goes into :class:`InputNoise`; a new loss term into :meth:`TrainStep.loss`.
 """
@@ -107,6 +110,14 @@ class Ema:
             e.copy_(m)
 
 
+def smooth_hard_targets(targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Label-smooth the one-hot rows of ``targets`` (as cross_entropy's label_smoothing); soft rows
+    (and rows smoothed when the set was built, max < 1) are returned unchanged."""
+    hard = targets.amax(1, keepdim=True) == 1.0
+    smoothed = targets * (1.0 - label_smoothing) + label_smoothing / targets.shape[1]
+    return torch.where(hard, smoothed, targets)
+
+
 def lr_at(step: int, *, total: int, warmup: int, base_lr: float) -> float:
     """Linear warm-up then cosine decay to 0."""
     if step < warmup:
@@ -159,6 +170,7 @@ class TrainStep:
         self.labeled_x, self.labeled_y, self.pseudo = labeled_x, labeled_y, pseudo
         self.gen, self.device, self.rank, self.world = gen, device, rank, world
         self.noise = InputNoise(cfg)
+        self.unlabeled_weight = cfg.unlabeled_weight_value()
         self.bf16 = use_bf16(cfg.precision, device)
         self.lab = EpochSampler(len(labeled_x), cfg.batch_size, gen)
         self.unl: EpochSampler | None = None
@@ -245,8 +257,10 @@ class TrainStep:
         loss_l = F.cross_entropy(logits[:n_lab], y, label_smoothing=self.cfg.label_smoothing)
         if targets is None:
             return loss_l, loss_l, None
+        if self.cfg.smooth_pseudo_labels:
+            targets = smooth_hard_targets(targets, self.cfg.label_smoothing)
         loss_u = -(targets * F.log_softmax(logits[n_lab:], dim=1)).sum(1).mean()
-        return loss_l + self.cfg.unlabeled_weight * loss_u, loss_l, loss_u
+        return loss_l + self.unlabeled_weight * loss_u, loss_l, loss_u
 
     def step(
         self, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor | None, *, net: Any = None
