@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from nsp.config import NoiseConfig, TrainConfig
+from nsp.noise.randaugment import OFFICIAL_OPS, RandAugmentBatch, random_crop_flip
 from nsp.train.engine import model_for, train_model
-from nsp.train.step import PseudoBatchSource, TrainStep
+from nsp.train.step import InputNoise, PseudoBatchSource, TrainStep
 
 
 def _setup(seed: int = 3) -> tuple[TrainConfig, dict, PseudoBatchSource]:
@@ -105,3 +106,61 @@ def test_label_smoothing_of_hard_pseudo_targets():
     cfg.smooth_pseudo_labels = False  # the default (ts reads cfg): hard pseudo targets stay one-hot
     _, _, unl_hard = ts.loss(logits, torch.tensor([0]), torch.tensor([[0.0, 1.0, 0.0, 0.0]]))
     assert torch.isclose(unl_hard, -logp_u[1])
+
+
+def _noise(recipe: str, **kw) -> tuple[InputNoise, torch.Tensor]:
+    cfg = TrainConfig(noise=NoiseConfig(recipe=recipe, ra_num_ops=2, ra_magnitude=5, **kw))
+    x = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator())
+    return InputNoise(cfg), x
+
+
+def _has_cutout(x: torch.Tensor, fill: int = 128, pad: int = 8) -> torch.Tensor:
+    """Per sample: some centre (cy, cx) has its border-clipped (2 pad)-square entirely ``fill``."""
+    mask = (x == fill).all(1).to(torch.int64)  # (B, H, W)
+    s = torch.nn.functional.pad(mask.cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral image
+    c = torch.arange(x.shape[-1])
+    lo, hi = (c - pad).clamp(min=0), (c + pad).clamp(max=x.shape[-1])
+    rect = (
+        s[:, hi[:, None], hi]
+        - s[:, lo[:, None], hi]
+        - s[:, hi[:, None], lo]
+        + s[:, lo[:, None], lo]
+    )
+    area = (hi - lo)[:, None] * (hi - lo)[None, :]
+    return (rect == area).flatten(1).any(1)
+
+
+def test_nsp_recipe_is_crop_flip_then_15_op_randaugment():
+    """The default recipe, composed by hand from the public ops with the same generator."""
+    noise, x = _noise("nsp")
+    assert noise.ra.ops == OFFICIAL_OPS and len(OFFICIAL_OPS) == 15 and noise.ra.fill == 0
+    out = noise(x, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    ra = RandAugmentBatch(num_ops=2, magnitude=5, fill=0)
+    assert torch.equal(out, ra(random_crop_flip(x, pad=4, flip=True, generator=g), generator=g))
+    assert not _has_cutout(out, fill=0).any()  # no 16-px cutout
+
+
+def test_official_recipe_cuts_out_every_sample_after_randaugment_and_crop():
+    noise, x = _noise("official")
+    assert noise.ra.ops == OFFICIAL_OPS + ("Cutout",) and noise.ra.fill == 128
+    out = noise(x, torch.Generator().manual_seed(5))
+    assert _has_cutout(out).all()  # a 16x16 (border-clipped) square of 128 in every image
+    # the check can fail: RandAugment (incl. its small Cutout op) + crop/flip alone leave none
+    g = torch.Generator().manual_seed(5)
+    no_cut = random_crop_flip(noise.ra(x, generator=g), pad=4, flip=True, generator=g)
+    assert not _has_cutout(no_cut).any()
+
+
+def test_official_recipe_crops_after_randaugment():
+    """Constant images, RandAugment = TranslateX by 4 px (fill 128): translating last leaves exactly 4
+    all-128 columns at an edge; cropping (reflect pad 4) after it shifts / mirrors / removes that strip,
+    so the count of all-128 columns varies from 0 to 7."""
+    noise, _ = _noise("official", flip=False)
+    noise.ra = RandAugmentBatch(num_ops=1, magnitude=10, fill=128, ops=("TranslateX",))
+    x = torch.full((64, 1, 32, 32), 50, dtype=torch.uint8)
+    full_cols = ((noise(x, torch.Generator().manual_seed(1)) == 128).all(2).sum(2)).flatten()
+    assert full_cols.min() == 0 and full_cols.max() == 7 and (full_cols != 4).any()
+    g = torch.Generator().manual_seed(1)  # the other order: always exactly 4
+    crop_first = noise.ra(random_crop_flip(x, pad=4, flip=False, generator=g), generator=g)
+    assert ((crop_first == 128).all(2).sum(2) == 4).all()

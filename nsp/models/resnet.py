@@ -1,8 +1,18 @@
 """Small ResNet family for 28-32 px inputs (BN + ReLU basic blocks, stochastic depth, dropout head).
 
 Sizes grow in width and depth (S <= M <= L) so a student can be equal to or larger than its teacher.
-Stochastic depth rises linearly with block index from 0 to ``drop_path_rate`` (the paper: survival
-probability 1.0 -> 0.8, i.e. ``drop_path_rate=0.2``).
+
+Model noise, and where it departs from the official recipe (the paper; google-research/noisystudent
+``efficientnet_model.py``):
+
+* Stochastic depth (``noise.drop_path``) rises linearly with block index from 0 at the first block to
+  ``drop_path_rate`` at the last. The paper: survival probability 0.8 at the last block (rate 0.2).
+  The official code drops only blocks with an identity skip (stride 1, equal in/out width) and
+  scales the rate by ``idx / num_blocks`` (so its last block gets a little less than the rate); NSP
+  drops every residual branch, including the projection-shortcut (downsampling) blocks. NSP's
+  params.yaml uses 0.1.
+* Dropout (``noise.dropout``) before the classifier. The paper: 0.5; NSP's params.yaml: 0.1 for the
+  students and baseline, 0.2 for the teacher.
 """
 
 from __future__ import annotations

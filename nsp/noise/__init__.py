@@ -2,6 +2,7 @@
 
 from nsp.noise.randaugment import (
     ALL_OPS,
+    OFFICIAL_32PX_OPS,
     OFFICIAL_OPS,
     RandAugmentBatch,
     level_to_arg,
@@ -12,6 +13,7 @@ from nsp.noise.randaugment import (
 
 __all__ = [
     "ALL_OPS",
+    "OFFICIAL_32PX_OPS",
     "OFFICIAL_OPS",
     "RandAugmentBatch",
     "level_to_arg",

@@ -19,8 +19,10 @@ and the tests require pixel equality with it. Known deviations of the official T
 affine ops address pixel indices rather than pixel centres, and its Sharpness truncates instead
 of rounding the smoothed image.
 
-Op set: :data:`OFFICIAL_OPS` (the 15 ops of google-research/noisystudent ``randaugment.py``,
-its default) plus optional ``"Identity"`` and ``"Cutout"`` (the official ``cutout_op`` flag).
+Op sets: :data:`OFFICIAL_OPS` is the 15-op list of google-research/noisystudent ``randaugment.py``
+without Cutout -- NSP's default (``noise.recipe: nsp``), *not* what the official 32-px runs sample
+from: those add Cutout to the list (:data:`OFFICIAL_32PX_OPS`, 16 ops; ``noise.recipe: official``,
+see :class:`nsp.train.step.InputNoise`). ``"Identity"`` is available as an extra op.
 
 Magnitude scale and mapping: the official code divides the level by ``_MAX_LEVEL = 10``, so
 ``max_magnitude`` defaults to 10 (not 30); levels above it extrapolate linearly as in the official
@@ -66,7 +68,10 @@ OFFICIAL_OPS: tuple[str, ...] = (
     "TranslateY",
     "SolarizeAdd",
 )
-"""The 15 ops the official noisystudent RandAugment samples from (Cutout only behind a flag)."""
+"""The official noisystudent RandAugment op list without Cutout (15 ops): NSP's default set."""
+
+OFFICIAL_32PX_OPS: tuple[str, ...] = OFFICIAL_OPS + ("Cutout",)
+"""The 16 ops the official 32-px (CIFAR-10 / SVHN) recipe samples from: the list plus Cutout."""
 
 ALL_OPS: tuple[str, ...] = OFFICIAL_OPS + ("Identity", "Cutout")
 
@@ -379,7 +384,8 @@ class RandAugmentBatch:
             ``_MAX_LEVEL`` is 10 (levels above it extrapolate linearly, as in the official code).
         fill: fill for pixels uncovered by affine ops and for Cutout: an int or a C-tuple
             (the official code uses 128).
-        ops: op names to sample from; default :data:`OFFICIAL_OPS`. See :data:`ALL_OPS`.
+        ops: op names to sample from; default :data:`OFFICIAL_OPS` (15, no Cutout);
+            the official 32-px recipe uses :data:`OFFICIAL_32PX_OPS`. See :data:`ALL_OPS`.
         op_prob: probability each drawn op is applied (effectively 1.0 in the official code).
         mapping: ``"official"`` or ``"increasing"`` magnitude -> parameter table (module doc).
         interpolation: resampling for affine ops: ``"nearest"`` (official) or ``"bilinear"``.
@@ -744,8 +750,9 @@ def random_cutout(
 ) -> torch.Tensor:
     """Official post-RandAugment cutout: a (2 pad_size)-square at a uniform centre, per sample.
 
-    The official CIFAR/SVHN pipeline applies it always with ``pad_size = image_size // 4`` and
-    fill 128.
+    The square is clipped at the image border (the centre is uniform over all pixels). The official
+    CIFAR/SVHN pipeline applies it always, after RandAugment and crop/flip, with
+    ``pad_size = image_size // 4`` (a 16-px square at 32 px) and fill 128 (``noise.recipe: official``).
     """
     _check_images(x)
     n, c = x.shape[:2]

@@ -64,32 +64,68 @@ class EpochSampler:
 
 
 class InputNoise:
-    """Input noise applied to a uint8 NCHW batch (per-sample crop/flip, then RandAugment)."""
+    """Per-sample input noise on a uint8 NCHW batch, by ``noise.recipe``.
+
+    * ``"nsp"`` (default): random crop from the reflect-padded image (pad side // 8) + h-flip, then
+      RandAugment over the 15 ops of :data:`~nsp.noise.randaugment.OFFICIAL_OPS`, fill 0 (the
+      Fashion-MNIST background); no cutout.
+    * ``"official"``: the 32-px (CIFAR-10 / SVHN) recipe of google-research/noisystudent
+      (``preprocessing.py``, ``randaugment.py``): RandAugment over the 16 ops of
+      :data:`~nsp.noise.randaugment.OFFICIAL_32PX_OPS` (Cutout included), then the same crop +
+      flip, then an always-on cutout of side ``side // 2`` (pad ``side // 4``: 16 px at 32 px);
+      fill 128 for affine ops and both cutouts, as the official ``replace`` value.
+
+    ``randaugment`` / ``ra_num_ops``, ``crop_flip`` and ``flip`` switch parts off in both recipes;
+    the official cutout has no switch. Both recipes share the batched per-sample ops of
+    :mod:`nsp.noise.randaugment` (no per-image loop). Dropout and stochastic depth are the model's.
+    """
 
     def __init__(self, cfg: TrainConfig) -> None:
+        from nsp.noise.randaugment import OFFICIAL_32PX_OPS, OFFICIAL_OPS, RandAugmentBatch
+
         n = cfg.noise
+        self.official = n.recipe == "official"
+        self.fill = 128 if self.official else 0
         self.ra = None
         self.crop_flip = n.crop_flip
         self.flip = n.flip
         if n.randaugment and n.ra_num_ops > 0:
-            from nsp.noise.randaugment import RandAugmentBatch
-
-            self.ra = RandAugmentBatch(num_ops=n.ra_num_ops, magnitude=n.ra_magnitude, fill=0)
+            self.ra = RandAugmentBatch(
+                num_ops=n.ra_num_ops,
+                magnitude=n.ra_magnitude,
+                fill=self.fill,
+                ops=OFFICIAL_32PX_OPS if self.official else OFFICIAL_OPS,
+            )
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         # Many tiny uint8 ops: one thread is as fast and immune to OpenMP spin-waits on a busy host.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
+            if self.official:
+                return self._official(x, gen)
             if self.crop_flip:
-                from nsp.noise.randaugment import random_crop_flip
-
-                x = random_crop_flip(x, pad=max(1, x.shape[-1] // 8), flip=self.flip, generator=gen)
+                x = self._crop_flip(x, gen)
             if self.ra is not None:
                 x = self.ra(x, generator=gen)
         finally:
             torch.set_num_threads(threads)
         return x
+
+    def _crop_flip(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        from nsp.noise.randaugment import random_crop_flip
+
+        return random_crop_flip(x, pad=max(1, x.shape[-1] // 8), flip=self.flip, generator=gen)
+
+    def _official(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        from nsp.noise.randaugment import random_cutout
+
+        if self.ra is not None:
+            x = self.ra(x, generator=gen)
+        if self.crop_flip:
+            x = self._crop_flip(x, gen)
+        pad = max(1, min(x.shape[-2:]) // 4)
+        return random_cutout(x, pad_size=pad, fill=self.fill, generator=gen)
 
 
 class Ema:
