@@ -20,7 +20,7 @@ from nsp.errors import NSPError
 PRECISIONS = ("fp32", "bf16", "auto")
 # input-noise recipes (nsp.train.step.InputNoise): "nsp" = crop/flip, then RandAugment over 15 ops
 # (fill 0); "official" = the official 32-px recipe: RandAugment over 16 ops (Cutout included, fill
-# 128), then crop/flip, then an always-on cutout of side image_size // 2 (16 px at 32 px)
+# 128), then an always-on cutout of side image_size // 2 (16 px at 32 px), then crop/flip
 NOISE_RECIPES = ("nsp", "official")
 
 

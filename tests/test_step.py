@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from nsp.config import NoiseConfig, TrainConfig
-from nsp.noise.randaugment import OFFICIAL_OPS, RandAugmentBatch, random_crop_flip
+from nsp.noise.randaugment import (
+    OFFICIAL_OPS,
+    RandAugmentBatch,
+    random_crop_flip,
+    random_cutout,
+)
 from nsp.train.engine import model_for, train_model
 from nsp.train.step import InputNoise, PseudoBatchSource, TrainStep
 
@@ -114,8 +119,9 @@ def _noise(recipe: str, **kw) -> tuple[InputNoise, torch.Tensor]:
     return InputNoise(cfg), x
 
 
-def _has_cutout(x: torch.Tensor, fill: int = 128, pad: int = 8) -> torch.Tensor:
-    """Per sample: some centre (cy, cx) has its border-clipped (2 pad)-square entirely ``fill``."""
+def _cutout_squares(x: torch.Tensor, fill: int = 128, pad: int = 8) -> tuple[torch.Tensor, ...]:
+    """Per sample: (some centre's border-clipped (2 pad)-square is entirely ``fill``, the ``fill``
+    pixels are exactly such a square)."""
     mask = (x == fill).all(1).to(torch.int64)  # (B, H, W)
     s = torch.nn.functional.pad(mask.cumsum(1).cumsum(2), (1, 0, 1, 0))  # integral image
     c = torch.arange(x.shape[-1])
@@ -127,7 +133,9 @@ def _has_cutout(x: torch.Tensor, fill: int = 128, pad: int = 8) -> torch.Tensor:
         + s[:, lo[:, None], lo]
     )
     area = (hi - lo)[:, None] * (hi - lo)[None, :]
-    return (rect == area).flatten(1).any(1)
+    inside = rect == area
+    exact = inside & (mask.sum((1, 2))[:, None, None] == area)
+    return inside.flatten(1).any(1), exact.flatten(1).any(1)
 
 
 def test_nsp_recipe_is_crop_flip_then_15_op_randaugment():
@@ -138,24 +146,35 @@ def test_nsp_recipe_is_crop_flip_then_15_op_randaugment():
     g = torch.Generator().manual_seed(5)
     ra = RandAugmentBatch(num_ops=2, magnitude=5, fill=0)
     assert torch.equal(out, ra(random_crop_flip(x, pad=4, flip=True, generator=g), generator=g))
-    assert not _has_cutout(out, fill=0).any()  # no 16-px cutout
+    assert not _cutout_squares(out, fill=0)[0].any()  # no 16-px cutout
 
 
-def test_official_recipe_cuts_out_every_sample_after_randaugment_and_crop():
-    noise, x = _noise("official")
+def test_official_recipe_cuts_out_every_sample_after_randaugment():
+    noise, x = _noise("official", crop_flip=False)
     assert noise.ra.ops == OFFICIAL_OPS + ("Cutout",) and noise.ra.fill == 128
     out = noise(x, torch.Generator().manual_seed(5))
-    assert _has_cutout(out).all()  # a 16x16 (border-clipped) square of 128 in every image
-    # the check can fail: RandAugment (incl. its small Cutout op) + crop/flip alone leave none
-    g = torch.Generator().manual_seed(5)
-    no_cut = random_crop_flip(noise.ra(x, generator=g), pad=4, flip=True, generator=g)
-    assert not _has_cutout(no_cut).any()
+    assert _cutout_squares(out)[0].all()  # a 16x16 (border-clipped) square of 128 in every image
+    # the check can fail: RandAugment alone (its own Cutout op is at most 4 px here) leaves none
+    assert not _cutout_squares(noise.ra(x, generator=torch.Generator().manual_seed(5)))[0].any()
+
+
+def test_official_recipe_crops_after_the_cutout():
+    """No RandAugment, images without 128: cutout then crop (reflect pad 4) shifts the square, cuts
+    it at the border or splits it by the reflection, so in some images the 128 pixels are no longer
+    one border-clipped 16-px square (cutting out last would always leave one)."""
+    noise, x = _noise("official", randaugment=False, flip=False)
+    x = x // 2  # 0..127
+    out = noise(x, torch.Generator().manual_seed(3))
+    assert ((out == 128).flatten(1).sum(1) >= 16).all()  # every image keeps >= 4 x 4 of it
+    _, exact = _cutout_squares(out)
+    assert exact.any() and not exact.all()
+    assert _cutout_squares(random_cutout(x, pad_size=8, fill=128))[1].all()  # the control
 
 
 def test_official_recipe_crops_after_randaugment():
     """Constant images, RandAugment = TranslateX by 4 px (fill 128): translating last leaves exactly 4
     all-128 columns at an edge; cropping (reflect pad 4) after it shifts / mirrors / removes that strip,
-    so the count of all-128 columns varies from 0 to 7."""
+    so the count of all-128 columns varies from 0 to 7 (the 16-px cutout never fills a column)."""
     noise, _ = _noise("official", flip=False)
     noise.ra = RandAugmentBatch(num_ops=1, magnitude=10, fill=128, ops=("TranslateX",))
     x = torch.full((64, 1, 32, 32), 50, dtype=torch.uint8)

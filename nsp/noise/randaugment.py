@@ -751,7 +751,7 @@ def random_cutout(
     """Official post-RandAugment cutout: a (2 pad_size)-square at a uniform centre, per sample.
 
     The square is clipped at the image border (the centre is uniform over all pixels). The official
-    CIFAR/SVHN pipeline applies it always, after RandAugment and crop/flip, with
+    CIFAR/SVHN pipeline applies it always, after RandAugment and before crop/flip, with
     ``pad_size = image_size // 4`` (a 16-px square at 32 px) and fill 128 (``noise.recipe: official``).
     """
     _check_images(x)

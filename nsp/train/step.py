@@ -70,10 +70,11 @@ class InputNoise:
       RandAugment over the 15 ops of :data:`~nsp.noise.randaugment.OFFICIAL_OPS`, fill 0 (the
       Fashion-MNIST background); no cutout.
     * ``"official"``: the 32-px (CIFAR-10 / SVHN) recipe of google-research/noisystudent
-      (``preprocessing.py``, ``randaugment.py``): RandAugment over the 16 ops of
-      :data:`~nsp.noise.randaugment.OFFICIAL_32PX_OPS` (Cutout included), then the same crop +
-      flip, then an always-on cutout of side ``side // 2`` (pad ``side // 4``: 16 px at 32 px);
-      fill 128 for affine ops and both cutouts, as the official ``replace`` value.
+      (``_cifar10_preprocess_for_train`` in ``preprocessing.py``; ``randaugment.py`` with its
+      ``cutout_op`` flag on, the default): RandAugment over the 16 ops of
+      :data:`~nsp.noise.randaugment.OFFICIAL_32PX_OPS` (Cutout included), then an always-on cutout
+      of side ``side // 2`` (pad ``side // 4``: 16 px at 32 px), then the same crop + flip; fill 128
+      for affine ops and both cutouts, the official ``replace`` value.
 
     ``randaugment`` / ``ra_num_ops``, ``crop_flip`` and ``flip`` switch parts off in both recipes;
     the official cutout has no switch. Both recipes share the batched per-sample ops of
@@ -122,10 +123,8 @@ class InputNoise:
 
         if self.ra is not None:
             x = self.ra(x, generator=gen)
-        if self.crop_flip:
-            x = self._crop_flip(x, gen)
-        pad = max(1, min(x.shape[-2:]) // 4)
-        return random_cutout(x, pad_size=pad, fill=self.fill, generator=gen)
+        x = random_cutout(x, pad_size=max(1, min(x.shape[-2:]) // 4), fill=self.fill, generator=gen)
+        return self._crop_flip(x, gen) if self.crop_flip else x
 
 
 class Ema:
