@@ -329,3 +329,13 @@ def test_shared_classes_positions():
     lab = cm.labels(np.array([0, 1, 2]))
     assert lab.tolist() == [0, -1, 1]
     assert shared_classes(model_classes=list(CIFAR10_CLASSES), release="cifar10_p").classes == 10
+
+
+def test_release_read_bench_row_is_the_ratio_of_its_rates():
+    from nsp.robustness.release_bench import bench_release_read
+
+    r = bench_release_read(arch="nsp_resnet_xs", images=8, batch=4, repeats=1, workers=2)
+    assert r["release_read_ratio"] == pytest.approx(
+        r["release_read_img_s"] / r["release_inmemory_img_s"]
+    )
+    assert r["release_read_img_s"] > 0 and r["release_read_setup"]["size"] == 224
