@@ -134,3 +134,36 @@ def test_release_stages_through_dvc_repro(tmp_path):
     assert "Running stage 'release_eval@g1'" in third.stdout
     assert _raw(proj, "g1", "imagenet_c")["images"] == 226
     assert _raw(proj, "g1", "imagenet_a") == a_before
+
+
+@pytest.mark.slow
+def test_imagenet_format_chain_at_224_px_with_timm(tmp_path):
+    """The ImageNet-format chain end to end at miniature scale: a wnid ImageFolder prepared at
+    224 px, timm teacher -> larger timm student with per-sample noise on 224-px batches, pseudo
+    labels streamed into shards, and ``dvc repro`` through the release evaluation."""
+    write_jpeg_tree(tmp_path / "tree" / "train", VALUES, per_class=16, h=256, w=300, seed=1)
+    write_jpeg_tree(tmp_path / "tree" / "val", VALUES, per_class=4, h=256, w=300, seed=2)
+    write_imagenet_c(tmp_path / "ImageNet-C", VALUES, per_class=1, size=224)
+    write_jpeg_tree(tmp_path / "imagenet-a", VALUES, per_class=2, h=300, w=260, seed=5)
+    p = wnid_params(tmp_path)
+    p["prepare"].update(image_size=224, labeled_per_class=6, val_per_class=2)
+    p["teacher"].update(arch="mobilenetv3_small_050", epochs=2, batch_size=8)
+    p["student"].update(epochs=1, batch_size=8)
+    p["generations"] = {"g1": {"teacher": "teacher", "arch": "mobilenetv3_small_075"}}
+    p["baseline"].update(arch="mobilenetv3_small_075", epochs=1, batch_size=8)
+    p["robustness"]["releases"] = {
+        k: p["robustness"]["releases"][k] for k in ("imagenet_c", "imagenet_a")
+    }
+    proj = make_project(tmp_path / "proj", p)
+    env = env_for(proj, tmp_path / "unused")
+    run(["dvc", "repro", *TARGETS], proj, env, timeout=3000)
+    manifest = json.loads((proj / "data/prepared/manifest.json").read_text())
+    assert manifest["image_shape"] == [224, 224, 3]
+    assert list((proj / "outputs/pseudo/g1").glob("*.parquet"))  # streamed shards
+    cfg = json.loads((proj / "outputs/models/g1/config.json").read_text())["config"]
+    assert cfg["arch"] == "mobilenetv3_small_075" and cfg["noise"]["randaugment"] is True
+    for model in MODELS:
+        m = json.loads((proj / f"outputs/releases/{model}.metrics.json").read_text())
+        assert (m["imagenet_c_classes"], m["imagenet_c_images"]) == (3, 225)
+        assert 0 <= m["imagenet_c_mean_error"] <= 1 and m["imagenet_c_mce"] > 0
+        assert (m["imagenet_a_classes"], m["imagenet_a_images"]) == (3, 6)
