@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "pseudo-label": "pseudo_label",
     "evaluate": "evaluate",
     "robustness": "robustness",
+    "releases": "releases",
     "report": "report",
     "registry": "registry",
     "study": "study",

@@ -20,6 +20,38 @@ ROBUST_COLUMNS = (
     "a_calib_err",
 )
 
+#: Official-release columns (``<release>_<metric>``, from ``outputs/releases/<model>.metrics.json``):
+#: the headline numbers and, beside each release, its shared classes and images.
+RELEASE_COLUMNS = (
+    "imagenet_c_mce",
+    "imagenet_c_rel_mce",
+    "imagenet_c_mce_baseline",
+    "imagenet_p_mfr",
+    "imagenet_p_mt5d",
+    "imagenet_p_mfr_baseline",
+    "imagenet_p_mt5d_baseline",
+    "imagenet_a_acc",
+    "imagenet_a_calib_err",
+    "imagenet_r_acc",
+    "imagenet_r_calib_err",
+    "cifar10_c_mean_error",
+    "cifar10_c_mce_baseline",
+    "cifar10_p_mfr_baseline",
+    "cifar10_p_mt5d_baseline",
+)
+
+
+def release_columns(out: Path, name: str) -> dict[str, Any]:
+    """The release columns of one model (``{}`` without releases): every ``<release>_<metric>``
+    in :data:`RELEASE_COLUMNS` plus ``<release>_classes`` / ``<release>_images``."""
+    m = _read(out / "releases" / f"{name}.metrics.json")
+    if not m:
+        return {}
+    keep = [c for c in RELEASE_COLUMNS if c in m]
+    for rel in m.get("releases", {}):
+        keep += [f"{rel}_classes", f"{rel}_images"]
+    return {k: m.get(k) for k in keep}
+
 
 def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
@@ -47,6 +79,7 @@ def generation_table(params: dict[str, Any], out: Path = Path("outputs")) -> lis
         rob = _read(out / "robustness" / f"{name}.metrics.json")
         if rob is not None:
             row.update({k: rob.get(k) for k in ROBUST_COLUMNS})
+        row.update(release_columns(out, name))
         rows.append(row)
     return rows
 

@@ -69,7 +69,10 @@ def test_accuracy_above_chance_and_report(tiny_pipeline):
 def test_second_repro_is_noop_and_gen2_change_reruns_only_its_stages(tiny_pipeline):
     root, env = tiny_pipeline["root"], tiny_pipeline["env"]
     second = run(["dvc", "repro"], root, env)
-    assert "Running stage" not in second.stdout, second.stdout
+    # only the release listing re-runs (always_changed: a stat of the configured releases, none
+    # here); its output is unchanged, so nothing downstream runs
+    ran = [line for line in second.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["Running stage 'release_list':"], second.stdout
     params = yaml.safe_load((root / "params.yaml").read_text())
     original = (root / "params.yaml").read_text()
     params["generations"]["g2"]["seed"] = 99

@@ -12,6 +12,7 @@ import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app import data as D  # noqa: E402
+from app import releases as R  # noqa: E402
 from app import ui  # noqa: E402
 
 TABLE_COLS = ("model", "generation", "arch", "teacher", "status", "params")
@@ -108,6 +109,10 @@ def table(rows: list[dict]) -> pd.DataFrame:
 
 def main() -> None:
     t0 = ui.page("Generations", "🧬")
+    release = R.picker(key="gen_source", kinds=tuple(R.TITLES))  # an official release, if evaluated
+    if release is not None:
+        R.show_summary(release)
+        return ui.footer(t0)
     ctx = ui.pipeline_context()
     if ctx is None:
         return ui.footer(t0)

@@ -12,6 +12,7 @@ import plotly.express as px  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app import data as D  # noqa: E402
+from app import releases as R  # noqa: E402
 from app import ui  # noqa: E402
 
 MEAN = "(mean over corruptions)"
@@ -19,6 +20,12 @@ MEAN = "(mean over corruptions)"
 
 def main() -> None:
     t0 = ui.page("Corruptions", "🌫️")
+    release = R.picker(
+        key="corr_source", kinds=("imagenet_c", "cifar10_c")
+    )  # an official release, if evaluated
+    if release is not None:
+        R.show_corruptions(release)
+        return ui.footer(t0)
     ctx = ui.pipeline_context()
     if ctx is None:
         return ui.footer(t0)

@@ -11,6 +11,7 @@ import plotly.express as px  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from app import data as D  # noqa: E402
+from app import releases as R  # noqa: E402
 from app import ui  # noqa: E402
 
 TITLES = {
@@ -23,6 +24,12 @@ TITLES = {
 
 def main() -> None:
     t0 = ui.page("Perturbations", "📹")
+    release = R.picker(
+        key="pert_source", kinds=("imagenet_p", "cifar10_p")
+    )  # an official release, if evaluated
+    if release is not None:
+        R.show_perturbations(release)
+        return ui.footer(t0)
     ctx = ui.pipeline_context()
     if ctx is None:
         return ui.footer(t0)

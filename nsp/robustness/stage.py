@@ -54,12 +54,14 @@ def sets_config(params: dict[str, Any]) -> SetsConfig:
 
     sec = dict(params.get("robustness") or {})
     ref_sec = sec.pop("a_reference", None) or {}
+    for key in ("releases", "releases_alexnet_p"):  # the official releases: release_stage.py
+        sec.pop(key, None)
     known = {"seed", "c_images", "p_images"}
     unknown = sorted(set(sec) - known)
     if unknown:
         raise NSPError(
             f"params.yaml: unknown key robustness.{unknown[0]}; valid keys: "
-            f"{sorted(known | {'a_reference'})}"
+            f"{sorted(known | {'a_reference', 'releases', 'releases_alexnet_p'})}"
         )
     if not isinstance(ref_sec, dict):
         raise NSPError("params.yaml: robustness.a_reference must be a mapping of training keys")
