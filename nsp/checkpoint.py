@@ -1,17 +1,32 @@
-"""Model checkpoints: weights + the resolved config that made them (nanoGPT style)."""
+"""Model checkpoints: weights + the resolved config that made them (nanoGPT style).
+
+Two on-disk forms, neither of which runs code when loaded:
+
+* ``model.pt`` (the DVC outputs): a dict of tensors and plain values, loaded with
+  ``torch.load(weights_only=True)`` (:func:`save_checkpoint`, :func:`load_checkpoint`);
+* ``model.safetensors`` + ``nsp_model.json`` (what the model registry stores beside the MLflow
+  model): the weights in the safetensors format (a JSON header and raw tensor bytes: nothing to
+  unpickle) and the resolved config (arch, classes, input channels, normalisation, noise) the
+  model is rebuilt from (:func:`save_safetensors`, :func:`load_safetensors`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nsp.errors import NSPError
-from nsp.io import write_bytes
+from nsp.io import write_bytes, write_json
 
 FORMAT = "nsp-checkpoint-v1"
+SAFE_FORMAT = "nsp-safetensors-v1"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "nsp_model.json"
 
 
 def save_checkpoint(
@@ -79,3 +94,92 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
             f"checkpoint weights do not fit architecture {ckpt['arch']!r} ({first})"
         ) from None
     return model.eval()
+
+
+def save_safetensors(
+    out_dir: str | Path,
+    *,
+    model: torch.nn.Module,
+    arch: str,
+    num_classes: int,
+    in_chans: int,
+    config: dict[str, Any],
+    class_names: list[str],
+) -> list[Path]:
+    """Write ``model.safetensors`` and ``nsp_model.json`` into ``out_dir``; returns both paths.
+
+    ``model`` is an NSP classifier (normalisation buffers ``mean``/``std`` beside ``net.*``)."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = save(state)
+    noise = config.get("noise") or {}
+    meta = {
+        "format": SAFE_FORMAT,
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "in_chans": int(in_chans),
+        "class_names": list(class_names),
+        "normalisation": {"mean": float(state["mean"]), "std": float(state["std"])},
+        "noise": {k: float(noise.get(k, 0.0)) for k in ("dropout", "drop_path")},
+        "config": config,
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    write_bytes(out_dir / WEIGHTS_FILE, data)
+    write_json(out_dir / MODEL_CONFIG_FILE, meta)
+    return [out_dir / WEIGHTS_FILE, out_dir / MODEL_CONFIG_FILE]
+
+
+def load_safetensors(model_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the classifier (eval mode) from ``model.safetensors`` + ``nsp_model.json``.
+
+    Nothing in either file is executed: the JSON names an NSP architecture, the weights are parsed
+    as safetensors and must match its sha256 in the JSON. Anything else (a pickle in place of the
+    weights, a foreign or edited file) is a one-line NSPError and nothing is loaded."""
+    from safetensors.torch import load
+
+    from nsp.train.engine import make_classifier
+
+    model_dir = Path(model_dir)
+    meta_path, weights = model_dir / MODEL_CONFIG_FILE, model_dir / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights.is_file():
+        raise NSPError(
+            f"{model_dir}: no {WEIGHTS_FILE} + {MODEL_CONFIG_FILE} (a model registered before NSP "
+            "stored safetensors weights); re-register it, or load the MLflow model yourself if you "
+            "trust its source"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != SAFE_FORMAT:
+        raise NSPError(f"{meta_path}: not an NSP model config ({SAFE_FORMAT}); nothing was loaded")
+    data = weights.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
+        raise NSPError(
+            f"{weights}: sha256 differs from the one recorded in {MODEL_CONFIG_FILE} (altered or "
+            "foreign weights); nothing was loaded"
+        )
+    try:
+        state = load(data)
+    except Exception as exc:  # a pickle, truncated bytes, another format
+        raise NSPError(
+            f"{weights}: not a safetensors file ({type(exc).__name__}); nothing was loaded"
+        ) from None
+    norm, noise = meta["normalisation"], meta.get("noise") or {}
+    model = make_classifier(
+        arch=meta["arch"],
+        num_classes=meta["num_classes"],
+        in_chans=meta["in_chans"],
+        dropout=noise.get("dropout", 0.0),
+        drop_path=noise.get("drop_path", 0.0),
+        mean=norm["mean"],
+        std=norm["std"],
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise NSPError(f"{weights}: weights do not fit {meta['arch']!r} ({first})") from None
+    return model.eval(), meta

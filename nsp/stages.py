@@ -94,6 +94,7 @@ def _finish_model(
         input_example=data["test_x"][:2].numpy(),
         metrics=metrics,
         config=C.to_dict(cfg),
+        class_names=data["class_names"],
     )
     # only once tracking has it too: a rerun after a tracking failure resumes instead of retraining
     state_path(name, out).unlink(missing_ok=True)

@@ -118,7 +118,7 @@ TINY_PARAMS = {
         "models": ["teacher", "g1", "g2", "baseline"],
         "baseline": "baseline",
         "batch_size": 512,
-        "calib_beta": 10,
+        "calib_bins": 10,
         "precision": "auto",
     },
 }

@@ -104,6 +104,11 @@ def test_calibration_errors_match_reference():
         assert abs(mx - float(d[k + "max_calib_err"])) <= 1e-12, c
         # the reference skips the last bin; the all-bins value is different
         assert abs(rms - float(d[k + "rms_calib_err_all_bins"])) > 5e-6
+        every = M.calibration_error(conf, corr, p="2", beta=100, skip_last=False)
+        assert abs(every - float(d[k + "rms_calib_err_all_bins"])) <= 1e-12, c
+        if len(conf) == 1000:  # 10 adaptive bins of 1000 // 10 = 100: the same binning
+            adaptive = M.adaptive_calibration_error(conf, corr, bins=10)
+            assert abs(adaptive - float(d[k + "rms_calib_err_all_bins"])) <= 1e-12, c
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,3 +246,37 @@ def test_calibration_error_by_hand():
         M.calibration_error(conf, corr[:10])
     with pytest.raises(NSPError, match="p='3'"):
         M.calibration_error(conf, corr, p="3")
+
+
+def test_adaptive_calibration_counts_all_329_images():
+    """An -A set of 329 images: Hendrycks' 100-image bins never look at the 129 most confident;
+    15 adaptive bins of 329 // 15 = 21 (the last takes the 14 left over) count every image."""
+    rng = np.random.default_rng(3)
+    conf = rng.permutation(np.linspace(0.2, 0.99, 329))
+    corr = rng.random(329) < conf
+    order = np.argsort(conf)
+    top129 = order[-129:]
+    # by hand: bins of 21 sorted items, the last one 35; weights n_b / 329 sum to 1
+    c_s, a_s = conf[order], corr[order].astype(float)
+    edges = [*range(0, 14 * 21 + 1, 21), 329]
+    sizes = np.diff(edges)
+    assert sizes.sum() == 329 and list(sizes) == [21] * 14 + [35]
+    hand = sum(
+        (hi - lo) / 329 * (c_s[lo:hi].mean() - a_s[lo:hi].mean()) ** 2
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    )
+    adaptive = M.adaptive_calibration_error(conf, corr, bins=15)
+    assert adaptive == pytest.approx(np.sqrt(hand), abs=1e-12)
+    # flipping the correctness of the 129 most confident images moves the adaptive error, and
+    # leaves the reference protocol's unchanged (they sit in its skipped last bin)
+    flipped = corr.copy()
+    flipped[top129] = ~flipped[top129]
+    assert M.calibration_error(conf, flipped, beta=100) == M.calibration_error(conf, corr, beta=100)
+    assert abs(M.adaptive_calibration_error(conf, flipped, bins=15) - adaptive) > 0.05
+    # every single image counts: changing any one image's correctness changes the result
+    for i in range(329):
+        one = corr.copy()
+        one[i] = ~one[i]
+        assert M.adaptive_calibration_error(conf, one, bins=15) != adaptive, i
+    with pytest.raises(NSPError, match="bins=400"):
+        M.adaptive_calibration_error(conf, corr, bins=400)

@@ -22,7 +22,7 @@ from nsp.robustness.build import (
     subset_indices,
 )
 from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTIONS, corrupt
-from nsp.robustness.evaluate import evaluate_raw, robustness_metrics
+from nsp.robustness.evaluate import errors_table_rows, evaluate_raw, robustness_metrics
 from nsp.robustness.perturbations import (
     NOISE_PERTURBATIONS,
     PERTURBATIONS,
@@ -162,6 +162,10 @@ def test_a_set_is_what_the_reference_misclassifies(built, arrays):
     assert a["reference_pool_acc"] == pytest.approx(1 - len(kept) / 30)
     assert sum(a["kept_per_class"]) == len(kept)
     assert a["reference"]["train_images"] == 160 and a["reference"]["arch"] == "nsp_resnet_xs"
+    # the reference trains on its val split: no accuracy on trained-on images passes as validation
+    assert "val_acc" not in a["reference"]
+    ckpt_metrics = load_checkpoint(out / "a_reference.pt")["metrics"]
+    assert "val_acc" not in ckpt_metrics and 0 <= ckpt_metrics["seen_val_acc"] <= 1
 
 
 def test_build_is_deterministic(tmp_path, built, arrays):
@@ -215,23 +219,24 @@ def _hand_t5d(logits: np.ndarray, noise: bool) -> float:
     return float(np.mean(per_seq))
 
 
-def _hand_rms_calib(logits: np.ndarray, y: np.ndarray, beta: int) -> float:
+def _hand_rms_calib(logits: np.ndarray, y: np.ndarray, bins: int) -> float:
     p = np.exp(logits - logits.max(1, keepdims=True))
     conf = p.max(1) / p.sum(1)
     correct = (logits.argmax(1) == y).astype(float)
     order = np.argsort(conf, kind="stable")
     conf, correct = conf[order], correct[order]
     n, total = len(y), 0.0
-    for b in range(n // beta - 1):  # the last (extended) bin is skipped
-        sl = slice(b * beta, (b + 1) * beta)
-        total += beta / n * (conf[sl].mean() - correct[sl].mean()) ** 2
+    beta = n // bins
+    for b in range(bins):  # every bin counts; the last one takes the n % bins remainder
+        sl = slice(b * beta, (b + 1) * beta if b < bins - 1 else n)
+        total += len(conf[sl]) / n * (conf[sl].mean() - correct[sl].mean()) ** 2
     return float(np.sqrt(total))
 
 
 def _raw(model, built, arrays):
     out, _ = built
     return evaluate_raw(model=model, test_x=arrays["test_x"], test_y=arrays["test_y"], sets=out,
-                        batch_size=7, calib_beta=5, progress=False)  # fmt: skip
+                        batch_size=7, calib_bins=4, progress=False)  # fmt: skip
 
 
 def test_evaluate_raw_equals_hand_computation(built, arrays):
@@ -240,7 +245,7 @@ def test_evaluate_raw_equals_hand_computation(built, arrays):
     raw = _raw(model, built, arrays)
     test_logits = logits_of(model, arrays["test_x"])
     assert raw["clean_err"] == pytest.approx(np.mean(test_logits.argmax(1) != arrays["test_y"]))
-    assert raw["calib_err"] == pytest.approx(_hand_rms_calib(test_logits, arrays["test_y"], 5))
+    assert raw["calib_err"] == pytest.approx(_hand_rms_calib(test_logits, arrays["test_y"], 4))
     c_idx, c_y = np.load(out / "c_index.npy"), np.load(out / "c_labels.npy")
     assert raw["c_clean_err"] == pytest.approx(np.mean(test_logits[c_idx].argmax(1) != c_y))
     for ci, name in enumerate(CORRUPTIONS):
@@ -280,10 +285,14 @@ def test_normalised_metrics_equal_hand_computation(built, arrays):
         assert m["ce"][c] == pytest.approx(v), c
     assert m["mce"] == pytest.approx(np.mean([ce[CORRUPTIONS[i]] for i in bench]))
     den = [(eb[i] - base["c_clean_err"]).sum() for i in bench]
-    assert min(abs(d) for d in den) > 0.05  # the worked example's precondition
+    assert min(den) > 5 * 0.01  # the worked example's precondition: no corruption is excluded
     rel = [(e[i] - raw["c_clean_err"]).sum() / d for i, d in zip(bench, den, strict=True)]
     assert [m["rel_ce"][CORRUPTIONS[i]] for i in bench] == pytest.approx(rel)
-    assert m["rel_mce"] == pytest.approx(np.mean(rel))
+    assert m["rel_mce"] == pytest.approx(np.mean(rel)) and m["rel_ce_excluded"] == []
+    assert m["rel_mce_corruptions"] == 15
+    assert m["rel_ce_baseline_degradation"]["fog"] == pytest.approx(
+        eb[CORRUPTIONS.index("fog")].mean() - base["c_clean_err"]
+    )
     assert m["mean_corruption_error"] == pytest.approx(e[bench].mean())
     fr = [raw["p"]["fp"][p] / base["p"]["fp"][p] for p in TEST_PERTURBATIONS]
     assert m["mfr"] == pytest.approx(np.mean(fr))
@@ -293,10 +302,25 @@ def test_normalised_metrics_equal_hand_computation(built, arrays):
     assert (m["clean_err"], m["calib_err"], m["a_acc"]) == (
         raw["clean_err"], raw["calib_err"], raw["a"]["acc"],
     )  # fmt: skip
-    # the baseline normalised by itself is 1 everywhere
-    mb = robustness_metrics(base, base)
-    assert mb["mce"] == pytest.approx(1.0) and mb["mfr"] == pytest.approx(1.0)
-    assert mb["rel_mce"] == pytest.approx(1.0) and mb["mt5d"] == pytest.approx(1.0)
+    # a corruption that barely hurts the baseline is listed, not averaged into relative mCE
+    fog, snow = CORRUPTIONS.index("fog"), CORRUPTIONS.index("snow")
+    base["c"]["err"][fog] = [base["c_clean_err"] + 0.004] * 5  # degradation 0.004 < 0.01
+    base["c"]["err"][snow] = [base["c_clean_err"] - 0.02] * 5  # the corruption helps the baseline
+    m2 = robustness_metrics(raw, base)
+    assert m2["rel_ce_excluded"] == ["snow", "fog"] and m2["rel_mce_corruptions"] == 13
+    assert m2["rel_ce"]["fog"] is None and m2["rel_ce"]["snow"] is None
+    kept = [r for i, r in zip(bench, rel, strict=True) if i not in (fog, snow)]
+    assert m2["rel_mce"] == pytest.approx(np.mean(kept))
+    assert m2["rel_ce_baseline_degradation"]["fog"] == pytest.approx(0.004)
+    assert m2["rel_ce_baseline_degradation"]["snow"] == pytest.approx(-0.02)
+    m3 = robustness_metrics(raw, base, rel_ce_min_degradation=-0.05)  # epsilon below both
+    assert m3["rel_ce_excluded"] == [] and m3["rel_ce"]["fog"] == pytest.approx(
+        (e[fog] - raw["c_clean_err"]).sum() / (5 * 0.004)
+    )
+    rows = {r["corruption"]: r for r in errors_table_rows(raw, m2)}
+    assert rows["fog"]["rel_ce"] is None and rows["fog"]["baseline_degradation"] == pytest.approx(
+        0.004
+    )
 
 
 def test_ratio_with_zero_baseline_is_none(built, arrays):
@@ -329,7 +353,7 @@ def _make_project(root: Path, monkeypatch, data_dir: Path, **sizes: int) -> dict
         "robustness": {"seed": 0, "c_images": 8, "p_images": 10,
                        "a_reference": {"epochs": 1, "batch_size": 64, "warmup_epochs": 0}},
         "evaluate": {"models": ["teacher", "baseline"], "baseline": "baseline",
-                     "batch_size": 64, "calib_beta": 10},
+                     "batch_size": 64, "calib_bins": 10},
     }  # fmt: skip
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return {"root": root, "params": params}
@@ -400,6 +424,7 @@ def test_robustness_stage_uses_only_the_held_out_pool(project, capsys):
     assert set(a_idx) <= set(pool) and not set(pool) & set(train)
     assert len(train) == 300 - 50
     assert metrics["a_reference_pool_acc"] == pytest.approx(1 - len(a_idx) / 50)
+    assert not any("val_acc" in k for k in metrics)  # only the held-out pool accuracy is reported
     summary = load_summary(sets)
     assert summary["a"]["reference"]["train_images"] == 250
 

@@ -294,7 +294,7 @@ def test_server_down_mid_run_is_a_one_line_error_and_the_rerun_resumes(
     assert (proj / "outputs/models/teacher/model.pt").read_bytes() == before
     state = proj / "outputs/models/teacher/train_state.pt"
     assert state.exists()
-    saved = torch.load(state, map_location="cpu", weights_only=False)
+    saved = torch.load(state, map_location="cpu", weights_only=True)
     assert saved["step"] > 0
 
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{proj / 'mlflow.db'}"

@@ -28,6 +28,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
 
 
+def _excluded(m: dict) -> str:
+    """The corruptions left out of relative mCE (baseline degradation below the epsilon), if any."""
+    if not m["rel_ce_excluded"]:
+        return ""
+    return (
+        f"; rel_mce over {m['rel_mce_corruptions']} corruptions, excluded (baseline degradation "
+        f"< {m['rel_ce_min_degradation']:g}): {','.join(m['rel_ce_excluded'])}"
+    )
+
+
 def _fmt(v: object) -> str:
     return "-" if v is None else f"{v:.4f}"
 
@@ -53,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
             f"{args.model}: mce={_fmt(m['mce'])} rel_mce={_fmt(m['rel_mce'])} "
             f"mean_corruption_error={_fmt(m['mean_corruption_error'])} mfr={_fmt(m['mfr'])} "
             f"mt5d={_fmt(m['mt5d'])} calib_err={_fmt(m['calib_err'])} (normalised by "
-            f"{m['normalised_by']})"
+            f"{m['normalised_by']}){_excluded(m)}"
         )
     return 0

@@ -47,13 +47,18 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"pulled {info['model']} v{info['version']} ({info['arch']}, stage {info['stage']}) -> {args.out}"
     )
-    print("load it with either:")
     print(
-        f"  import mlflow; model = mlflow.pytorch.load_model('models:/{info['model']}/{info['version']}')"
+        "load it with (rebuilt from safetensors weights + config: runs no code from the registry):"
     )
     print(
         f"  from nsp.checkpoint import load_checkpoint, model_from_checkpoint; "
         f"model = model_from_checkpoint(load_checkpoint('{args.out}/model.pt'))"
+    )
+    print(
+        "or, only if you trust the registry (this unpickles the logged model, which can run code):"
+    )
+    print(
+        f"  import mlflow; model = mlflow.pytorch.load_model('models:/{info['model']}/{info['version']}')"
     )
     print("inputs: uint8/float NCHW pixels in [0, 255]; outputs: logits")
     return 0

@@ -16,7 +16,9 @@ Two steps, so that normalising by the baseline needs no cycle in the DAG:
 Also :func:`predict` (logits of uint8 NHWC images) and :func:`optimise_for_inference` (a traced,
 frozen, optionally bfloat16 model). Relative CE uses the clean error on the -C images themselves
 (``c_clean_err``); ``clean_err`` and ``calib_err`` use the whole clean test split. A ratio whose
-baseline denominator is 0 is ``None``.
+baseline denominator is 0 is ``None``; so is the relative CE of a corruption that degrades the
+baseline by less than ``evaluate.rel_ce_min_degradation`` (listed in ``rel_ce_excluded``, left out of
+relative mCE). Calibration errors use adaptive bins that scale with the set (``evaluate.calib_bins``).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ RAW_FORMAT = "nsp-robustness-raw/1"
 
 __all__ = [
     "RAW_FORMAT",
+    "REL_CE_MIN_DEGRADATION",
     "calibration_or_none",
     "errors_table_rows",
     "evaluate_raw",
     "optimise_for_inference",
     "predict",
+    "relative_ce",
     "robustness_metrics",
 ]
 
@@ -103,13 +107,14 @@ def _softmax_conf(logits: np.ndarray) -> np.ndarray:
     return (p.max(axis=1) / p.sum(axis=1)).astype(np.float64)
 
 
-def calibration_or_none(logits: np.ndarray, labels: np.ndarray, *, beta: int) -> float | None:
-    """RMS calibration error (adaptive bins of ``beta``) of softmax confidences, or ``None`` when
-    there are fewer than ``2 * beta`` examples (then the reference formula is trivially 0)."""
-    if len(labels) < 2 * beta:
+def calibration_or_none(logits: np.ndarray, labels: np.ndarray, *, bins: int) -> float | None:
+    """RMS calibration error of softmax confidences in ``bins`` adaptive bins of ``N // bins``
+    images each, every image counted (:func:`nsp.robustness.metrics.adaptive_calibration_error`),
+    or ``None`` when there are fewer than ``2 * bins`` images (a bin of one image is no estimate)."""
+    if len(labels) < 2 * bins:
         return None
     correct = logits.argmax(axis=1) == np.asarray(labels)
-    return M.rms_calibration_error(_softmax_conf(logits), correct, beta=beta)
+    return M.adaptive_calibration_error(_softmax_conf(logits), correct, bins=bins, p="2")
 
 
 def evaluate_raw(
@@ -119,7 +124,7 @@ def evaluate_raw(
     test_y: np.ndarray,
     sets: str | Path,
     batch_size: int = 1024,
-    calib_beta: int = 100,
+    calib_bins: int = 15,
     progress: bool = True,
     exact_model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
@@ -178,8 +183,8 @@ def evaluate_raw(
         "clean_err": M.error_rate(clean_pred, test_y),
         "clean_acc": M.accuracy(clean_pred, test_y),
         "c_clean_err": M.error_rate(c_clean_pred, c_y) if len(c_idx) else None,
-        "calib_err": calibration_or_none(clean_logits, test_y, beta=calib_beta),
-        "calib_beta": calib_beta,
+        "calib_err": calibration_or_none(clean_logits, test_y, bins=calib_bins),
+        "calib_bins": calib_bins,
         "test_images": len(test_y),
         "c": {
             "images": len(c_y),
@@ -191,7 +196,7 @@ def evaluate_raw(
         "a": {
             "size": len(a_y),
             "acc": M.accuracy(a_logits.argmax(axis=1), a_y) if len(a_y) else None,
-            "calib_err": calibration_or_none(a_logits, a_y, beta=calib_beta) if len(a_y) else None,
+            "calib_err": calibration_or_none(a_logits, a_y, bins=calib_bins) if len(a_y) else None,
         },
         "images_evaluated": images,
         "seconds": time.perf_counter() - t0,
@@ -221,11 +226,54 @@ def _mean_of(values: dict[str, float | None], names: Sequence[str]) -> float | N
     return float(np.mean(vals)) if vals and len(vals) == len(names) else None
 
 
-def robustness_metrics(raw: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+#: Default of ``evaluate.rel_ce_min_degradation``: a corruption whose baseline degradation (mean error
+#: over the severities minus the clean error) is below this is left out of relative mCE.
+REL_CE_MIN_DEGRADATION = 0.01
+
+
+def relative_ce(
+    e: np.ndarray,
+    eb: np.ndarray,
+    names: Sequence[str],
+    *,
+    model_clean_err: float,
+    baseline_clean_err: float,
+    min_degradation: float = REL_CE_MIN_DEGRADATION,
+) -> tuple[dict[str, float | None], dict[str, float], list[str]]:
+    """Relative CE per corruption, the baseline degradation behind each denominator, the excluded.
+
+    ``degradation_c = mean_s Eb[c, s] - Eb_clean`` (the denominator of relative CE divided by the
+    number of severities). Where it is below ``min_degradation`` the corruption barely hurts (or
+    helps) the baseline, so relative CE would divide by ~0: its relative CE is ``None`` and its name
+    is in the excluded list instead of being averaged in.
+    """
+    deg = eb.mean(axis=1) - float(baseline_clean_err)
+    rel: dict[str, float | None] = {}
+    excluded: list[str] = []
+    for i, name in enumerate(names):
+        if not deg[i] >= min_degradation:
+            rel[name] = None
+            excluded.append(name)
+            continue
+        num = float((e[i] - float(model_clean_err)).sum())
+        rel[name] = num / float((eb[i] - float(baseline_clean_err)).sum())
+    return rel, {n: float(d) for n, d in zip(names, deg, strict=True)}, excluded
+
+
+def robustness_metrics(
+    raw: dict[str, Any],
+    baseline: dict[str, Any],
+    *,
+    rel_ce_min_degradation: float = REL_CE_MIN_DEGRADATION,
+) -> dict[str, Any]:
     """The normalised metrics of one model from its raw numbers and the baseline's raw numbers.
 
-    ``mce`` / ``rel_mce`` / ``mean_corruption_error`` average the 15 benchmark corruptions, ``mfr`` /
-    ``mt5d`` the 11 test perturbations; a mean is ``None`` if one of its terms is undefined.
+    ``mce`` / ``mean_corruption_error`` average the 15 benchmark corruptions, ``mfr`` / ``mt5d`` the
+    11 test perturbations; such a mean is ``None`` if one of its terms is undefined. ``rel_mce``
+    averages the benchmark corruptions whose baseline degradation is at least
+    ``rel_ce_min_degradation`` (:func:`relative_ce`); ``rel_ce_excluded`` lists the others,
+    ``rel_mce_corruptions`` counts the averaged ones and ``rel_ce_baseline_degradation`` gives
+    every corruption's denominator (``None`` when a clean error is missing).
     """
     names = list(raw["c"]["corruptions"])
     if list(baseline["c"]["corruptions"]) != names:
@@ -234,18 +282,19 @@ def robustness_metrics(raw: dict[str, Any], baseline: dict[str, Any]) -> dict[st
     eb = np.asarray(baseline["c"]["err"], dtype=np.float64)
     ce = _per_row(M.corruption_errors, e, eb, names)
     if raw.get("c_clean_err") is None or baseline.get("c_clean_err") is None:
-        rel = dict.fromkeys(names)
+        rel, degradation, excluded = dict.fromkeys(names), None, []
     else:
-        rel = _per_row(
-            M.relative_corruption_errors,
+        rel, degradation, excluded = relative_ce(
             e,
             eb,
             names,
             model_clean_err=raw["c_clean_err"],
             baseline_clean_err=baseline["c_clean_err"],
+            min_degradation=rel_ce_min_degradation,
         )
     bench = [n for n in BENCHMARK_CORRUPTIONS if n in names]
     bench_rows = [names.index(n) for n in bench]
+    rel_bench = [n for n in bench if rel[n] is not None]
     pnames = [n for n in PERTURBATIONS if n in raw["p"]["fp"]]
 
     def _rates(key: str, fn: Callable[..., M.CorruptionErrors]) -> dict[str, float | None]:
@@ -267,7 +316,11 @@ def robustness_metrics(raw: dict[str, Any], baseline: dict[str, Any]) -> dict[st
         "a_calib_err": raw["a"]["calib_err"],
         "a_size": raw["a"]["size"],
         "mce": _mean_of(ce, bench),
-        "rel_mce": _mean_of(rel, bench),
+        "rel_mce": _mean_of(rel, rel_bench) if rel_bench else None,
+        "rel_mce_corruptions": len(rel_bench),
+        "rel_ce_excluded": [n for n in bench if n in excluded],
+        "rel_ce_min_degradation": rel_ce_min_degradation,
+        "rel_ce_baseline_degradation": degradation,
         "mean_corruption_error": M.mean_corruption_error(e[bench_rows]) if bench_rows else None,
         "mfr": _mean_of(fr, ptest),
         "mt5d": _mean_of(t5r, ptest),
@@ -282,7 +335,8 @@ def robustness_metrics(raw: dict[str, Any], baseline: dict[str, Any]) -> dict[st
 
 
 def errors_table_rows(raw: dict[str, Any], metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per corruption: error per severity, their mean, CE and relative CE."""
+    """One row per corruption: error per severity, their mean, CE, relative CE and its denominator
+    over the severities (the baseline's degradation; relative CE is empty where it is too small)."""
     rows = []
     sev = raw["c"]["severities"]
     for name, errs in zip(raw["c"]["corruptions"], raw["c"]["err"], strict=True):
@@ -294,5 +348,6 @@ def errors_table_rows(raw: dict[str, Any], metrics: dict[str, Any]) -> list[dict
         row["mean"] = float(np.mean(errs))
         row["ce"] = metrics["ce"].get(name)
         row["rel_ce"] = metrics["rel_ce"].get(name)
+        row["baseline_degradation"] = (metrics.get("rel_ce_baseline_degradation") or {}).get(name)
         rows.append(row)
     return rows

@@ -31,6 +31,7 @@ __all__ = [
     "CORRUPTIONS",
     "CorruptionErrors",
     "accuracy",
+    "adaptive_calibration_error",
     "alexnet_corruption_errors",
     "alexnet_relative_corruption_errors",
     "calibration_error",
@@ -403,19 +404,26 @@ def top5_distance_rates(
 
 
 def calibration_error(
-    confidence: np.ndarray, correct: np.ndarray, *, p: str = "2", beta: int = 100
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    *,
+    p: str = "2",
+    beta: int = 100,
+    skip_last: bool = True,
 ) -> float:
-    """Adaptive-binning calibration error exactly as Hendrycks' ``calib_err``.
+    """Adaptive-binning calibration error; by default exactly as Hendrycks' ``calib_err``.
 
     Sort by confidence (ascending, stable); ``B = N // beta`` bins of ``beta`` items, the last
-    extended to ``N``. The last bin is **skipped** (as in the reference). With ``n_b`` items,
-    mean confidence ``conf_b`` and accuracy ``acc_b`` per bin ``b = 0..B-2``:
+    extended to ``N``. ``skip_last=True`` (the reference protocol) **skips** the last bin, so its
+    ``beta + N % beta`` most confident items never count; ``skip_last=False`` scores every bin.
+    With ``n_b`` items, mean confidence ``conf_b`` and accuracy ``acc_b`` per scored bin ``b``:
 
     * ``p='2'``: ``sqrt(sum_b n_b / N * (conf_b - acc_b)^2)`` (RMS calibration error),
     * ``p='1'``: ``sum_b n_b / N * |conf_b - acc_b|``,
     * ``p='infty'`` (or ``'infinity'``, ``'max'``): ``max_b |conf_b - acc_b|``.
 
-    ``N`` in the weights includes the skipped bin. With ``beta <= N < 2 * beta`` the result is 0.
+    ``N`` in the weights includes a skipped bin. With ``skip_last`` and ``beta <= N < 2 * beta``
+    the result is 0. The pipeline uses :func:`adaptive_calibration_error` (every bin scored).
     """
     conf = np.asarray(confidence, dtype=np.float64).ravel()
     corr = np.asarray(correct).ravel().astype(np.float64)
@@ -435,20 +443,43 @@ def calibration_error(
         raise NSPError(f"p={p!r}: use '1', '2' or 'infty'")
     order = np.argsort(conf, kind="stable")
     conf, corr = conf[order], corr[order]
-    n_bins = n // beta
-    used = (n_bins - 1) * beta  # every bin but the (extended) last one has exactly beta items
-    if used == 0:
-        return 0.0
-    conf_b = conf[:used].reshape(n_bins - 1, beta).mean(axis=1)
-    acc_b = corr[:used].reshape(n_bins - 1, beta).mean(axis=1)
-    diff = np.abs(conf_b - acc_b)
+    starts = np.arange(n // beta) * beta  # bin b = [starts[b], starts[b+1]), the last one to N
+    if skip_last:
+        starts = starts[:-1]
+        if len(starts) == 0:
+            return 0.0
+        conf, corr = conf[: len(starts) * beta], corr[: len(starts) * beta]
+    size = np.diff(np.append(starts, len(conf)))
+    diff = np.abs(np.add.reduceat(conf, starts) / size - np.add.reduceat(corr, starts) / size)
     if p == "2":
-        return float(np.sqrt(np.sum(beta / n * diff**2)))
+        return float(np.sqrt(np.sum(size / n * diff**2)))
     if p == "1":
-        return float(np.sum(beta / n * diff))
+        return float(np.sum(size / n * diff))
     return float(diff.max())
 
 
+def adaptive_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, *, bins: int = 15, p: str = "2"
+) -> float:
+    """Calibration error with a bin size that scales with the set: ``bins`` bins of
+    ``beta = N // bins`` consecutive items (sorted by confidence), the ``N % bins`` remainder joined
+    to the last (most confident) bin, and **every** bin scored, so all ``N`` items count.
+
+    This is :func:`calibration_error` with ``beta = N // bins, skip_last=False``. Hendrycks' fixed
+    ``beta = 100`` with its skipped last bin ignores the 129 most confident of 329 images (an -A set
+    of that size); here they count like the rest. Needs ``N >= bins``.
+    """
+    bins = int(bins)
+    n = int(np.asarray(confidence).size)
+    if bins < 1:
+        raise NSPError(f"bins={bins}: the number of calibration bins must be a positive integer")
+    if n < bins:
+        raise NSPError(
+            f"adaptive_calibration_error: {n} examples < bins={bins}; evaluate more or use fewer bins"
+        )
+    return calibration_error(confidence, correct, p=p, beta=n // bins, skip_last=False)
+
+
 def rms_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, beta: int = 100) -> float:
-    """RMS calibration error: :func:`calibration_error` with ``p='2'``."""
+    """RMS calibration error of the reference protocol: :func:`calibration_error` with ``p='2'``."""
     return calibration_error(confidence, correct, p="2", beta=beta)

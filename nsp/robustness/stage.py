@@ -25,6 +25,7 @@ from nsp.io import atomic_path, sha256_file, write_json
 from nsp.robustness.build import SUMMARY, SetsConfig, build_sets, load_summary, reference_config
 from nsp.robustness.evaluate import (
     RAW_FORMAT,
+    REL_CE_MIN_DEGRADATION,
     errors_table_rows,
     evaluate_raw,
     optimise_for_inference,
@@ -152,7 +153,6 @@ def run_robustness(
             "a_pool_size": a["pool_size"],
             "a_kept": a["kept"],
             "a_reference_pool_acc": a["reference_pool_acc"],
-            "a_reference_val_acc": a["reference"]["val_acc"],
             **summary["timings"],
             "build_seconds": time.perf_counter() - t0,
         }
@@ -184,17 +184,29 @@ def _check_model(params: dict[str, Any], model: str) -> None:
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:
     sec = dict(params.get("evaluate") or {})
+    if "calib_beta" in sec:
+        raise NSPError(
+            "params.yaml: evaluate.calib_beta is gone (a fixed bin size skipped the most confident "
+            "images); write evaluate.calib_bins: 15 (bins of N // 15 images, every image counted)"
+        )
     s = {
         "baseline": sec.get("baseline", "baseline"),
         "batch_size": sec.get("batch_size", 1024),
-        "calib_beta": sec.get("calib_beta", 100),
+        "calib_bins": sec.get("calib_bins", 15),
         "precision": sec.get("precision", "fp32"),
+        "rel_ce_min_degradation": sec.get("rel_ce_min_degradation", REL_CE_MIN_DEGRADATION),
     }
+    eps = s["rel_ce_min_degradation"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
+        raise NSPError(
+            "params.yaml: evaluate.rel_ce_min_degradation must be a number in [0, 1) "
+            f"(an error-rate difference, e.g. 0.01; got {eps!r})"
+        )
     if s["precision"] not in PRECISIONS:
         raise NSPError(
             f"params.yaml: evaluate.precision must be fp32, bf16 or auto (got {s['precision']!r})"
         )
-    for key in ("batch_size", "calib_beta"):
+    for key in ("batch_size", "calib_bins"):
         v = s[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise NSPError(f"params.yaml: evaluate.{key} must be an integer >= 1 (got {v!r})")
@@ -242,7 +254,7 @@ def run_evaluate_raw(
         test_y=test.labels,
         sets=sdir,
         batch_size=s["batch_size"],
-        calib_beta=s["calib_beta"],
+        calib_bins=s["calib_bins"],
         progress=progress,
     )
     raw["model"] = model
@@ -302,7 +314,7 @@ def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict
     metrics = {
         "model": model,
         "normalised_by": base_name,
-        **robustness_metrics(raw, base),
+        **robustness_metrics(raw, base, rel_ce_min_degradation=s["rel_ce_min_degradation"]),
         "checkpoint_sha256": raw["checkpoint_sha256"],
         "eval_seconds": raw["seconds"],
         "eval_precision": raw.get("precision", "fp32"),

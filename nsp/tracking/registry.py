@@ -1,8 +1,16 @@
-"""The MLflow model registry: register a stage's model, aliases and the champion, list / pull / load versions."""
+"""The MLflow model registry: register a stage's model, aliases and the champion, list / pull / load versions.
+
+Every registered version carries, beside the MLflow model, ``extra_files/model.safetensors`` and
+``extra_files/nsp_model.json`` (:func:`nsp.checkpoint.save_safetensors`). NSP itself (``nsp registry
+pull``, a ``models:/`` teacher or study reference) only ever rebuilds the model from those two files,
+so loading a version from a shared registry runs no code from it. The MLflow model itself is still
+logged (pickled, ``mlflow.pytorch``) for users who choose to ``mlflow.pytorch.load_model`` it: that
+unpickles the artifact, so do it only for a registry you trust.
+"""
 
 from __future__ import annotations
 
-import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +42,18 @@ def register_model(
     generation: int,
     champion_metric: str,
     arch: str = "",
+    config: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
 ) -> str:
-    """Log + register ``model`` once per checkpoint hash; set aliases and re-elect the champion."""
+    """Log + register ``model`` once per checkpoint hash; set aliases and re-elect the champion.
+
+    The version holds the pickled MLflow model and, as extra files, the safetensors weights and
+    resolved config NSP rebuilds it from (``config``: the stage's resolved training config)."""
     import mlflow.pytorch
     import timm
     import torch
+
+    from nsp.checkpoint import save_safetensors
 
     client = mlflow.MlflowClient()
     existing = None
@@ -52,15 +67,27 @@ def register_model(
     if existing is None:
         reqs = [f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", "numpy"]
         nsp_dir = str(Path(__file__).resolve().parent)
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            serialization_format="pickle",
-            pip_requirements=reqs,
-            input_example=input_example,
-            code_paths=[nsp_dir],
-            registered_model_name=name,
-        )
+        cfg = dict(config or {"arch": arch})
+        with tempfile.TemporaryDirectory(prefix="nsp-register-") as tmp:
+            extra = save_safetensors(
+                tmp,
+                model=model,
+                arch=cfg.get("arch") or arch,
+                num_classes=int(model.net.num_classes),
+                in_chans=_in_chans(model),
+                config=cfg,
+                class_names=list(class_names or []),
+            )
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                serialization_format="pickle",
+                pip_requirements=reqs,
+                input_example=input_example,
+                code_paths=[nsp_dir],
+                registered_model_name=name,
+                extra_files=[str(f) for f in extra],
+            )
         version = str(info.registered_model_version)
     else:
         version = str(existing.version)
@@ -78,6 +105,35 @@ def register_model(
         client.set_registered_model_alias(name, alias, version)
     elect_champion(client, name=name, metric=champion_metric)
     return version
+
+
+def _in_chans(model: Any) -> int:
+    return int(next(p for p in model.parameters() if p.ndim == 4).shape[1])
+
+
+def load_version(mlflow: Any, mv: Any, *, dst: str | Path | None = None) -> tuple[Any, dict]:
+    """Rebuild a registered version's model from its safetensors weights + resolved config.
+
+    Downloads the version's files (into ``dst``, else a temp dir) and never unpickles them; a
+    version without the safetensors files, or with altered ones, is a one-line NSPError."""
+    from nsp.checkpoint import load_safetensors
+
+    uri = f"models:/{mv.name}/{mv.version}"
+
+    def _load(where: str) -> tuple[Any, dict]:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=where)
+        except Exception as exc:
+            raise NSPError(
+                f"{uri}: cannot download the registered files ({type(exc).__name__})"
+            ) from None
+        model, meta = load_safetensors(Path(local) / "extra_files")
+        return model, {**meta, "local": str(Path(local).resolve())}
+
+    if dst is not None:
+        return _load(str(dst))
+    with tempfile.TemporaryDirectory(prefix="nsp-pull-") as tmp:
+        return _load(tmp)
 
 
 def elect_champion(client: Any, *, name: str, metric: str) -> str | None:
@@ -168,22 +224,17 @@ def resolve_version(client: Any, ref: str) -> Any:
 def pull_model(
     *, ref: str, out_dir: str | Path, params: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Download a registered version: ``model.pt`` (an NSP checkpoint), ``config.json``, the MLflow model dir."""
+    """Download a registered version: ``model.pt`` (an NSP checkpoint rebuilt from the version's
+    safetensors weights and resolved config, nothing unpickled), ``config.json``, the MLflow model dir."""
     from nsp.checkpoint import save_checkpoint
 
     mlflow, client = _client_for(params)
     mv = resolve_version(client, ref)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    uri = f"models:/{mv.name}/{mv.version}"
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=uri, dst_path=str(out_dir / "mlflow_model")
-    )
-    model = mlflow.pytorch.load_model(local)
-    resolved = client.download_artifacts(mv.tags["run_id"], "resolved_config.json", str(out_dir))
-    train_cfg = json.loads(Path(resolved).read_text())["config"]
-    num_classes = int(model.net.num_classes)
-    in_chans = int(next(p for p in model.parameters() if p.ndim == 4).shape[1])
+    model, meta = load_version(mlflow, mv, dst=out_dir / "mlflow_model")
+    train_cfg = meta["config"]
+    num_classes, in_chans = meta["num_classes"], meta["in_chans"]
     metrics = {
         k: float(v) for k, v in mv.tags.items() if k in ("val_acc", "test_acc", "params", "steps")
     }
@@ -195,7 +246,7 @@ def pull_model(
         in_chans=in_chans,
         config=train_cfg,
         metrics=metrics,
-        class_names=[],
+        class_names=meta["class_names"],
     )
     info = {
         "model": mv.name,
@@ -206,14 +257,16 @@ def pull_model(
         "metrics": metrics,
         "config": train_cfg,
         "checkpoint_sha256": mv.tags.get("checkpoint_sha256"),
-        "mlflow_model": str(Path(local).resolve()),
+        "mlflow_model": meta["local"],
     }
     write_json(out_dir / "config.json", info)
     return info
 
 
 def teacher_from_registry(*, ref: str, params: dict[str, Any]) -> Any:
-    """Load ``models:/NAME@ALIAS`` as a torch module (used when ``teacher.source`` is a registry URI)."""
+    """``models:/NAME@ALIAS`` rebuilt as a torch module from its safetensors weights (used when
+    ``teacher.source`` is a registry URI); returns ``(model, model_version)``."""
     mlflow, client = _client_for(params)
     mv = resolve_version(client, ref)
-    return mlflow.pytorch.load_model(f"models:/{mv.name}/{mv.version}"), mv
+    model, _meta = load_version(mlflow, mv)
+    return model, mv

@@ -83,6 +83,7 @@ class _Tracker:
         input_example: Any,
         metrics: dict[str, Any],
         config: dict[str, Any],
+        class_names: list[str] | None = None,
     ) -> None:
         if not self.cfg["register"]:
             return
@@ -99,6 +100,8 @@ class _Tracker:
                 generation=self.generation,
                 champion_metric=self.cfg["champion_metric"],
                 arch=str(config.get("arch", "")),
+                config=config,
+                class_names=class_names,
             )
 
 

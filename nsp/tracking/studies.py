@@ -282,13 +282,13 @@ def resolve_model_uri(
         for c in candidates:
             if c.is_file() and sha256_file(c) == sha:
                 return {"path": c, "model": None, "version": mv.version, "checkpoint_sha256": sha}
-    import mlflow.pytorch
+    from nsp.tracking.registry import load_version
 
-    try:
-        model = mlflow.pytorch.load_model(f"models:/{m['name']}/{mv.version}", map_location="cpu")
-    except Exception as exc:
+    try:  # rebuilt from the version's safetensors weights + resolved config: nothing unpickled
+        model, _meta = load_version(mlflow, mv)
+    except NSPError as exc:
         raise NSPError(
-            f"{uri}: version {mv.version} has no local checkpoint (sha {sha}) and its MLflow "
-            f"model cannot be loaded ({type(exc).__name__}); run dvc pull or use a checkpoint path"
+            f"{uri}: version {mv.version} has no local checkpoint (sha {sha}) and its registered "
+            f"weights cannot be loaded ({exc}); run dvc pull or use a checkpoint path"
         ) from None
     return {"path": None, "model": model.eval(), "version": mv.version, "checkpoint_sha256": sha}

@@ -204,9 +204,18 @@ def train_model(
 
 
 def _resume(ts: TrainStep, run: dict[str, Any], path: Path) -> None:
-    """Load a saved training state into ``ts`` and ``run`` (history, best, images seen, elapsed)."""
-    st = torch.load(path, map_location="cpu", weights_only=False)
-    if st.get("config") != cfg_fingerprint(ts.cfg, ts.total):
+    """Load a saved training state into ``ts`` and ``run`` (history, best, images seen, elapsed).
+
+    The state holds only tensors, numbers, strings, lists, tuples and dicts, so it loads with
+    ``weights_only=True``: a file that needs anything else (a pickled object) is refused, unrun."""
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign, or a pickle that would run code
+        raise NSPError(
+            f"{path}: not a loadable NSP training state ({type(exc).__name__}); "
+            "delete it to start over"
+        ) from None
+    if not isinstance(st, dict) or st.get("config") != cfg_fingerprint(ts.cfg, ts.total):
         raise NSPError(f"{path}: a training state from a different config; delete it to start over")
     ts.model.load_state_dict(st["model"])
     ts.load_state_dict(st)
