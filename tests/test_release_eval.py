@@ -166,7 +166,7 @@ def test_imagenet_a_masks_logits_to_the_subset(tmp_path):
     write_jpeg_tree(root, VALUES, per_class=4, h=60, w=80, seed=3)
     model = Distracted()
     raw = evaluate_release(release="imagenet_a", root=root, model=model, class_names=IMAGENET_WNIDS,
-                           image_size=32, channels=3, batch_size=5, workers=2, calib_beta=2)  # fmt: skip
+                           image_size=32, channels=3, batch_size=5, workers=2, calib_bins=3)  # fmt: skip
     # by hand: shorter side 60 -> round(32 / 0.875) = 37 (80 -> 49), centre crop 32, subset columns
     x, y = [], []
     for w in sorted(VALUES):
@@ -186,7 +186,7 @@ def test_imagenet_a_masks_logits_to_the_subset(tmp_path):
     p = np.exp(sub - sub.max(1, keepdims=True))
     conf = p.max(1) / p.sum(1)
     assert raw["calib_err"] == pytest.approx(
-        M.rms_calibration_error(conf, sub.argmax(1) == np.array(y), beta=2), abs=1e-12
+        M.adaptive_calibration_error(conf, sub.argmax(1) == np.array(y), bins=3), abs=1e-12
     )
     assert (raw["classes"], raw["images"]) == (200, 12)
 

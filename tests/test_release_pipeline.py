@@ -37,7 +37,7 @@ def wnid_params(tmp: Path) -> dict:
     p["student"]["pseudo"]["per_class"] = 12
     p["generations"] = {"g1": {"teacher": "teacher", "arch": "nsp_resnet_xs"}}
     p["baseline"].update(arch="nsp_resnet_xs", match="g1", epochs=2)
-    p["evaluate"].update(models=MODELS, precision="fp32", calib_beta=2)
+    p["evaluate"].update(models=MODELS, precision="fp32", calib_bins=2)
     p["robustness"]["releases"] = {
         "imagenet_c": str(tmp / "ImageNet-C"),
         "imagenet_p": str(tmp / "ImageNet-P"),

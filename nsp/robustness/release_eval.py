@@ -330,7 +330,7 @@ def _imagenet_subset(root: Path, release: str, ctx: dict[str, Any]) -> dict[str,
     )
     return {
         "acc": float(M.accuracy(logits.argmax(axis=1), y)),
-        "calib_err": calibration_or_none(logits, y, beta=ctx["calib_beta"]),
+        "calib_err": calibration_or_none(logits, y, bins=ctx["calib_bins"]),
         "images": len(y),
     }
 
@@ -396,7 +396,7 @@ def evaluate_release(
     channels: int,
     batch_size: int = 256,
     workers: int = 4,
-    calib_beta: int = 100,
+    calib_bins: int = 15,
     clean_logits: np.ndarray | None = None,
     clean_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
@@ -416,7 +416,7 @@ def evaluate_release(
         "channels": int(channels),
         "batch_size": int(batch_size),
         "workers": int(workers),
-        "calib_beta": int(calib_beta),
+        "calib_bins": int(calib_bins),
         "clean": None
         if clean_logits is None
         else clean_error(logits=clean_logits, labels=clean_labels, cmap=cmap),

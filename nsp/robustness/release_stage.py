@@ -157,7 +157,7 @@ def run_release_eval(
             "listing_digest": lst["digest"],
             "checkpoint_sha256": sha256_file(ckpt_path),
             "batch_size": s["batch_size"],
-            "calib_beta": s["calib_beta"],
+            "calib_bins": s["calib_bins"],
             "precision_setting": s["precision"],
         }
         path = raw_release_path(model, release, out)
@@ -186,7 +186,7 @@ def run_release_eval(
             channels=int(shape[2]),
             batch_size=min(s["batch_size"], 256),
             workers=_workers(),
-            calib_beta=s["calib_beta"],
+            calib_bins=s["calib_bins"],
             clean_logits=None if clean is None else clean[0],
             clean_labels=None if clean is None else clean[1],
         )
