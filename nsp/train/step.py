@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from nsp.config import TrainConfig
 from nsp.errors import NSPError
-from nsp.train.device import use_bf16
+from nsp.train.precision import train_precision
 
 
 @dataclass
@@ -159,7 +159,9 @@ class TrainStep:
         self.labeled_x, self.labeled_y, self.pseudo = labeled_x, labeled_y, pseudo
         self.gen, self.device, self.rank, self.world = gen, device, rank, world
         self.noise = InputNoise(cfg)
-        self.bf16 = use_bf16(cfg.precision, device)
+        self.precision = train_precision(cfg=cfg, model=model, device=device, labeled_x=labeled_x,
+                                         pseudo=pseudo, step_cls=TrainStep)  # fmt: skip
+        self.bf16 = self.precision["precision"] == "bf16"
         self.lab = EpochSampler(len(labeled_x), cfg.batch_size, gen)
         self.unl: EpochSampler | None = None
         if pseudo is not None:
