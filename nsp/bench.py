@@ -55,6 +55,10 @@ TARGETS: dict[str, float] = {
     "train_frac_of_peak": 0.5,
     "release_read_ratio": 0.7,
 }
+#: Targets from the issue "Fast on every machine": precision auto, and the noise at ImageNet size
+#: (``nsp bench --size 224 --channels 3``; the keys carry the size).
+TARGETS_PRECISION: dict[str, float] = {"auto_vs_best_ratio": 0.95}
+TARGETS_AT_SIZE: dict[str, float] = {"train_ratio_vs_raw": 0.90, "train_ratio_vs_pil": 1.4}
 
 
 @dataclass(frozen=True)
@@ -671,6 +675,128 @@ def repro_seconds(outputs_dir: str | Path = "outputs") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# precision: auto, and the noise at a larger image size (ImageNet: 224 px RGB)
+# ---------------------------------------------------------------------------------------------
+
+
+def bench_precision(
+    *, cfg: TrainConfig, sizes: BenchSizes, images: np.ndarray, progress: bool = True
+) -> dict[str, Any]:
+    """What ``precision: auto`` chose (its probe, :mod:`nsp.train.precision`, or its cache) against
+    the noised training step timed here in fp32 and in bf16 (interleaved blocks, medians)."""
+    from nsp.train.engine import make_classifier, to_nchw
+    from nsp.train.step import PseudoBatchSource, TrainStep
+
+    gen = torch.Generator().manual_seed(2)
+    pool = to_nchw(images)
+    n, nl = len(pool), min(sizes.labeled_images, len(pool))
+    labels = torch.randint(sizes.num_classes, (n,), generator=gen)
+    soft = F.softmax(torch.randn((n, sizes.num_classes), generator=gen), dim=1)
+    pseudo = PseudoBatchSource(
+        images=pool, index=torch.arange(n), targets=soft, counts=torch.ones(n, dtype=torch.int64)
+    )
+    c = replace(cfg, batch_size=sizes.labeled_batch, unlabeled_ratio=sizes.unlabeled_ratio)
+    model = make_classifier(arch=c.arch, num_classes=sizes.num_classes, in_chans=sizes.channels,
+                            dropout=c.noise.dropout, drop_path=c.noise.drop_path)  # fmt: skip
+
+    def trainer(precision: str) -> TrainStep:
+        return TrainStep(cfg=replace(c, precision=precision), model=model, labeled_x=pool[:nl],
+                         labeled_y=labels[:nl], gen=gen, device=torch.device("cpu"),
+                         pseudo=pseudo, total=10_000, warmup=100)  # fmt: skip
+
+    t0 = time.perf_counter()
+    auto = trainer("auto").precision  # the decision train_model would use on this machine
+    probe_s = time.perf_counter() - t0
+    steps = {p: trainer(p) for p in ("fp32", "bf16")}
+
+    def block(ts: TrainStep) -> int:
+        x, y, t = ts.next_batch()
+        ts.step(x, y, t)
+        return int(x.shape[0])
+
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    bar = _progress(sizes.repeats * 2, "bench precision", progress)
+    for r in range(sizes.repeats):
+        for p, ts in steps.items():
+            rates[p].append(_rate(lambda ts=ts: block(ts), warmup=sizes.warmup_steps + (r == 0),
+                                  steps=sizes.steps))  # fmt: skip
+            bar.update(1)
+    bar.close()
+    med = {p: _median_rate(v) for p, v in rates.items()}
+    return {
+        "auto_precision": auto["precision"],
+        "auto_source": auto.get("source", "explicit"),
+        "auto_probe_seconds": probe_s,
+        "auto_probe_img_s": {p: auto.get(f"{p}_img_per_s") for p in ("fp32", "bf16")},
+        "fp32_train_img_s": med["fp32"],
+        "bf16_train_img_s": med["bf16"],
+        "bf16_vs_fp32": med["bf16"] / med["fp32"],
+        "auto_vs_best_ratio": med[auto["precision"]] / max(med.values()),
+        "precision_samples_img_s": {k: [round(x, 2) for x in v] for k, v in rates.items()},
+    }
+
+
+def sizes_at(
+    size: int, channels: int, *, quick: bool = False, arch: str | None = None
+) -> BenchSizes:
+    """Bench sizes for ``size`` px images: a timm arch (``resnet18``, built locally, no weights),
+    1000 classes, a labeled batch of 16 (+ 3 x 16 unlabeled); with ``quick`` tiny batches of the
+    tiny ``mobilenetv3_small_050`` (seconds: for tests)."""
+    base = QUICK if quick else BenchSizes()
+    return replace(
+        base,
+        arch=arch or ("mobilenetv3_small_050" if quick else "resnet18"),
+        image_size=int(size),
+        channels=int(channels),
+        num_classes=1000,
+        labeled_batch=2 if quick else 16,
+        unlabeled_ratio=3.0,
+        pool_images=16 if quick else 256,
+        labeled_images=8 if quick else 64,
+        steps=2 if quick else 3,
+        pil_workers=(0, 1) if quick else (0, 1, 2),
+        noise_repeats=3 if quick else 5,
+    )
+
+
+def run_bench_at_size(
+    *, sizes: BenchSizes, cfg: TrainConfig, threads: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """``nsp bench --size N``: the noised step vs raw and vs the best PIL DataLoader, the noise
+    pieces, and precision auto, on ``N`` px synthetic images (keys of the ratios end in ``_N``)."""
+    cfg = replace(cfg, arch=sizes.arch, batch_size=sizes.labeled_batch)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(threads) if threads else len(os.sched_getaffinity(0)))
+    t_start, load_start = time.perf_counter(), os.getloadavg()
+    try:
+        images = synthetic_images(n=sizes.pool_images, size=sizes.image_size,
+                                  channels=sizes.channels)  # fmt: skip
+        train = bench_training(cfg=cfg, sizes=sizes, images=images, progress=progress)
+        res: dict[str, Any] = {"machine": machine_info()}
+        size = sizes.image_size
+        for k in ("raw_train_img_s", "train_img_s", "pil_pipeline_img_s", "train_bf16"):
+            res[f"{k}_{size}"] = train[k]
+        for k in (*TARGETS_AT_SIZE, "train_ratio_vs_raw_paired", "train_ratio_vs_pil_paired",
+                  "raw_ratio_vs_pil"):  # fmt: skip
+            res[f"{k}_{size}"] = train[k]
+        res["pil_best_workers"] = train["pil_best_workers"]
+        res["samples_img_s"] = train["samples_img_s"]
+        res["noise_breakdown_ms"] = bench_noise_breakdown(cfg=cfg, sizes=sizes, images=images)
+        res.update(bench_precision(cfg=cfg, sizes=sizes, images=images, progress=progress))
+    finally:
+        torch.set_num_threads(old_threads)
+    res["bench_seconds"] = time.perf_counter() - t_start
+    res["loadavg_start"] = [round(v, 2) for v in load_start]
+    res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    res["sizes"] = {**asdict(sizes), "unlabeled_batch": sizes.unlabeled_batch, "batch": sizes.batch}
+    res["noise"] = asdict(cfg.noise)
+    targets = {f"{k}_{size}": v for k, v in TARGETS_AT_SIZE.items()} | TARGETS_PRECISION
+    res["targets"] = targets
+    res["meets_targets"] = {k: bool(res[k] >= v) for k, v in targets.items()}
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole suite
 # ---------------------------------------------------------------------------------------------
 
@@ -738,6 +864,12 @@ def run_bench(
         res["matmul_gflops"] = timed(
             "matmul", lambda: matmul_gflops(n=sizes.matmul_n, repeats=sizes.matmul_repeats)
         )
+        res.update(
+            timed(
+                "precision",
+                lambda: bench_precision(cfg=cfg, sizes=sizes, images=images, progress=progress),
+            )
+        )
         res["section_seconds"] = sections
         model = make_classifier(
             arch=sizes.arch, num_classes=sizes.num_classes, in_chans=sizes.channels
@@ -763,8 +895,8 @@ def run_bench(
         "images": "synthetic smooth uint8 (8x8 noise upsampled + grain), in memory",
     }
     res["noise"] = asdict(cfg.noise)
-    res["targets"] = dict(TARGETS)
-    res["meets_targets"] = {k: bool(res[k] >= v) for k, v in TARGETS.items()}
+    res["targets"] = dict(TARGETS) | TARGETS_PRECISION
+    res["meets_targets"] = {k: bool(res[k] >= v) for k, v in res["targets"].items()}
     return res
 
 
@@ -789,8 +921,9 @@ def format_table(res: dict[str, Any]) -> str:
     def add(key: str, fmt: str = "{:.1f}", note: str = "") -> None:
         v = res.get(key)
         txt = "null" if v is None else fmt.format(v)
-        tgt = f">= {TARGETS[key]:g}" if key in TARGETS else ""
-        if key in TARGETS:
+        targets = res.get("targets", TARGETS)
+        tgt = f">= {targets[key]:g}" if key in targets else ""
+        if key in targets:
             tgt += "  ok" if res["meets_targets"][key] else "  MISS"
         rows.append((key + (f" ({note})" if note else ""), txt, tgt))
 
@@ -823,6 +956,8 @@ def format_table(res: dict[str, Any]) -> str:
     add("matmul_gflops", "{:.1f}", note=f"torch.mm {s['matmul_n']}^2 fp32")
     add("train_frac_of_peak", "{:.3f}")
     add("repro_seconds", "{:.0f}", note="recorded stage timings")
+    if "auto_precision" in res:
+        _precision_rows(res, rows)
     nb = res.get("noise_breakdown_ms", {})
     for k in ("gather", "crop_flip", "randaugment"):
         if f"{k}_ms" in nb:
@@ -846,4 +981,42 @@ def format_table(res: dict[str, Any]) -> str:
     )
     lines = [head, "-" * len(head)]
     lines += [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def _precision_rows(res: dict[str, Any], rows: list[tuple[str, str, str]]) -> None:
+    ok = res["meets_targets"].get("auto_vs_best_ratio")
+    src = res["auto_source"]
+    rows.append(("auto_precision (precision: auto's choice)", res["auto_precision"], f"({src})"))
+    for p in ("fp32", "bf16"):
+        rows.append((f"{p}_train_img_s (noised step)", f"{res[f'{p}_train_img_s']:.1f}", ""))
+    rows.append(("auto_vs_best_ratio", f"{res['auto_vs_best_ratio']:.3f}",
+                 ">= 0.95  " + ("ok" if ok else "MISS")))  # fmt: skip
+
+
+def format_table_at_size(res: dict[str, Any]) -> str:
+    """The ``nsp bench --size N`` result as a table (metric, value, target)."""
+    s, m = res["sizes"], res["machine"]
+    n = s["image_size"]
+    rows: list[tuple[str, str, str]] = []
+    for key, note in (
+        (f"raw_train_img_s_{n}", f"{s['arch']}, {n}x{n}x{s['channels']}, batch {s['batch']}"),
+        (f"train_img_s_{n}", "crop/flip + RandAugment + dropout + drop-path"),
+        (f"pil_pipeline_img_s_{n}", f"best PIL DataLoader: {res['pil_best_workers']} workers"),
+        (f"train_ratio_vs_raw_{n}", ""),
+        (f"train_ratio_vs_pil_{n}", ""),
+        (f"raw_ratio_vs_pil_{n}", "ceiling of the ratio above: noise at zero cost"),
+    ):
+        tgt = res["targets"].get(key)
+        mark = (
+            "" if tgt is None else f">= {tgt:g}  " + ("ok" if res["meets_targets"][key] else "MISS")
+        )
+        rows.append((key + (f" ({note})" if note else ""), f"{res[key]:.3f}", mark))
+    for k, v in res["noise_breakdown_ms"].items():
+        rows.append((f"noise: {k}", f"{v:.1f}", ""))
+    _precision_rows(res, rows)
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    head = (f"nsp bench --size {n}: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+            f"{res['bench_seconds']:.0f} s")  # fmt: skip
+    lines = [head, "-" * len(head)] + [f"{a:<{w0}}  {b:>{w1}}  {c}".rstrip() for a, b, c in rows]
     return "\n".join(lines)

@@ -21,7 +21,13 @@ from nsp.models import count_params
 from nsp.runtime import OUT, load_data, model_dir, pseudo_dir, setup_threads, state_path
 
 # wall-clock fields stay out of checkpoints so equal training gives byte-equal files
-TIMING_KEYS = ("train_seconds", "train_img_per_s")
+TIMING_KEYS = (
+    "train_seconds",
+    "train_img_per_s",
+    "precision_source",  # precision: auto's probe (or its cache) and its rates vary run to run
+    "precision_fp32_img_per_s",
+    "precision_bf16_img_per_s",
+)
 
 
 def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -86,7 +92,9 @@ def _finish_model(
     write_json(d / "config.json", {"stage": name, "config": C.to_dict(cfg), "lineage": lineage})
     write_json(d / "metrics.json", metrics)
     tracker.log_final(
-        metrics, artifacts=[d / "config.json", d / "confusion.json", d / "history.csv"]
+        metrics,
+        artifacts=[d / "config.json", d / "confusion.json", d / "history.csv"],
+        tags={"precision": metrics["precision"]} if "precision" in metrics else None,
     )
     tracker.log_model(
         model=model,

@@ -42,7 +42,10 @@ RATE_KEYS = (
 )
 
 
-def test_bench_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_quick_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NSP_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "res" / "bench.json"
     rc = main(
         [
@@ -107,6 +110,56 @@ def test_bench_quick_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert res["noise"]["drop_path"] == student["noise"]["drop_path"]
     assert set(res["meets_targets"]) == set(res["targets"])
     assert res["loadavg_start"] and res["bench_seconds"] > 0
+    check_precision_keys(res)
+
+
+def check_precision_keys(res: dict) -> None:
+    """precision: auto's choice against the better of fp32 and bf16 measured in the same run."""
+    assert res["auto_precision"] in ("fp32", "bf16")
+    best = max(res["fp32_train_img_s"], res["bf16_train_img_s"])
+    chosen = res[f"{res['auto_precision']}_train_img_s"]
+    assert res["auto_vs_best_ratio"] == pytest.approx(chosen / best) and 0 < chosen <= best
+    assert res["bf16_vs_fp32"] == pytest.approx(res["bf16_train_img_s"] / res["fp32_train_img_s"])
+    probe = res["auto_probe_img_s"]  # the probe's own rates decide: bf16 only when >= 5 % faster
+    assert res["auto_precision"] == ("bf16" if probe["bf16"] >= 1.05 * probe["fp32"] else "fp32")
+    assert res["targets"]["auto_vs_best_ratio"] == 0.95
+
+
+def test_bench_quick_at_224_px(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nsp bench --quick --size 224`: RGB 224 px, a timm arch, the _224 ratios and precision auto."""
+    monkeypatch.setenv("NSP_CACHE_DIR", str(tmp_path / "cache"))  # a fresh probe, not a cached one
+    out = tmp_path / "b224.json"
+    argv = ["bench", "--quick", "--size", "224", "--json", "--no-progress", "--threads", "1"]
+    rc = main([*argv, "--out", str(out), "--params", str(REPO / "params.yaml")])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out.strip())
+    assert json.loads(out.read_text()) == res
+    s = res["sizes"]
+    assert (s["image_size"], s["channels"], s["num_classes"]) == (224, 3, 1000)
+    assert s["arch"] == "mobilenetv3_small_050" and s["batch"] == 8
+    for k in ("raw_train_img_s_224", "train_img_s_224", "pil_pipeline_img_s_224"):
+        assert isinstance(res[k], float) and math.isfinite(res[k]) and res[k] > 0, k
+    assert res["train_ratio_vs_raw_224"] == pytest.approx(
+        res["train_img_s_224"] / res["raw_train_img_s_224"]
+    )
+    assert res["train_ratio_vs_pil_224"] == pytest.approx(
+        res["train_img_s_224"] / res["pil_pipeline_img_s_224"]
+    )
+    assert set(res["targets"]) == {"train_ratio_vs_raw_224", "train_ratio_vs_pil_224",
+                                   "auto_vs_best_ratio"}  # fmt: skip
+    assert res["meets_targets"] == {k: res[k] >= v for k, v in res["targets"].items()}
+    assert res["noise_breakdown_ms"]["randaugment_ms"] > 0
+    check_precision_keys(res)
+    # one probe for the run (the training section's step probed, the precision section read it)
+    cached = list((tmp_path / "cache" / "precision").glob("train-*.json"))
+    assert len(cached) == 1 and res["auto_source"] == "cache"
+    rec = json.loads(cached[0].read_text())
+    assert (
+        rec["key"]["batch_shape"] == [8, 3, 224, 224] and rec["precision"] == res["auto_precision"]
+    )
+    assert res["auto_probe_img_s"] == {"fp32": rec["fp32_img_per_s"], "bf16": rec["bf16_img_per_s"]}
 
 
 def test_bench_rejects_bad_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nsp.config import PRECISIONS, NoiseConfig, TrainConfig
 from nsp.errors import NSPError
@@ -32,7 +33,7 @@ from nsp.robustness.evaluate import (
     robustness_metrics,
 )
 from nsp.runtime import OUT, model_dir, prepared_dir, setup_threads
-from nsp.train.engine import default_device, use_bf16
+from nsp.train.engine import default_device
 
 __all__ = [
     "SETS_SUBDIR",
@@ -245,8 +246,9 @@ def run_evaluate_raw(
     net = model_from_checkpoint(load_checkpoint(ckpt_path)).to(device)
     test = load_split(prepared_dir(params), "test")
     test_x = test.get_batch(np.arange(len(test)))
-    bf16 = use_bf16(s["precision"], device)
     exact = optimise_for_inference(net, test_x)
+    decision = eval_precision(params, s=s, device=device, net=net, example=test_x)
+    bf16 = decision["precision"] == "bf16"
     raw = evaluate_raw(
         model=optimise_for_inference(net, test_x, bf16=True) if bf16 else exact,
         exact_model=exact if bf16 else None,
@@ -259,10 +261,60 @@ def run_evaluate_raw(
     )
     raw["model"] = model
     raw["precision"] = "bf16" if bf16 else "fp32"
+    if "fp32_img_per_s" in decision:  # precision: auto; the rates are the baseline arch's
+        raw["precision_probe"] = decision
     raw["checkpoint_sha256"] = sha256_file(ckpt_path)
     raw["sets_sha256"] = sha256_file(sdir / "summary.json")
     write_json(raw_path(model, out), raw)
     return raw
+
+
+def eval_precision(
+    params: dict[str, Any],
+    *,
+    s: dict[str, Any],
+    device: torch.device,
+    net: torch.nn.Module,
+    example: np.ndarray,
+) -> dict[str, Any]:
+    """``evaluate.precision``; ``auto`` times the frozen inference step of the *baseline's* arch at
+    the real batch shape in fp32 and bf16 (:mod:`nsp.train.precision`, cached per machine), so every
+    model and its baseline get the same precision (they are never normalised across precisions)."""
+    from nsp import config as C
+    from nsp.train import precision as P
+    from nsp.train.engine import make_classifier
+
+    if s["precision"] != "auto":
+        return {"precision": s["precision"]}
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return {"precision": "fp32", "source": "no bf16 on this GPU"}
+    base = s["baseline"]
+    cfgs = {"teacher": C.teacher_config, "baseline": C.baseline_config}
+    cfg = cfgs[base](params) if base in cfgs else C.student_config(params, base)
+    n, h, w, c = (s["batch_size"], *example.shape[1:])
+    key = P.cache_key(kind="eval", device=device, arch=cfg.arch, batch_shape=(n, c, h, w))
+
+    def probe() -> dict[str, float]:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            num_classes = int(
+                net(torch.zeros((1, c, h, w), dtype=torch.uint8, device=device)).shape[1]
+            )
+            model = make_classifier(arch=cfg.arch, num_classes=num_classes, in_chans=c).to(device)
+        idx = np.arange(n) % len(example)
+        xb = torch.from_numpy(np.array(example[idx], copy=True)).permute(0, 3, 1, 2).to(device)
+        runs = {}
+        for p in P.PRECISIONS_PROBED:
+            m = optimise_for_inference(model, example, bf16=p == "bf16")
+
+            def run(m: torch.nn.Module = m) -> int:
+                with torch.inference_mode():
+                    m(xb).float().cpu()
+                return n
+
+            runs[p] = run
+        return P.measure(runs, warmup=3, steps=2)  # TorchScript optimises after its first calls
+
+    return P.decide(key=key, probe=probe)
 
 
 def _read_raw(model: str, out: Path) -> dict[str, Any]:
@@ -319,6 +371,8 @@ def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict
         "eval_seconds": raw["seconds"],
         "eval_precision": raw.get("precision", "fp32"),
     }
+    if "precision_probe" in raw:  # auto: what it chose from, recorded with the numbers
+        metrics["eval_precision_probe"] = raw["precision_probe"]
     d = out / "robustness"
     csv_path = d / f"{model}.errors.csv"
     rows = errors_table_rows(raw, metrics)
@@ -335,6 +389,7 @@ def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict
         "checkpoint_sha256": raw["checkpoint_sha256"],
         "robustness_sets_sha256": raw["sets_sha256"],
         "normalised_by": base_name,
+        "eval_precision": metrics["eval_precision"],
     }
     with tracking.stage_run(
         params=params, stage=f"evaluate@{model}", generation=gen, config=s, tags=tags

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -17,13 +16,13 @@ def default_device() -> torch.device:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether ``precision`` ("fp32" | "bf16" | "auto") trains under bfloat16 autocast on ``device``."""
-    if precision != "auto":
-        return precision == "bf16"
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    try:  # native bf16 matrix units only: emulated bf16 is slower than fp32
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """Whether an explicit ``precision`` ("fp32" | "bf16") runs under bfloat16 autocast.
+
+    ``auto`` is decided by measurement (:mod:`nsp.train.precision`), not here: on CPUs with
+    AVX512-BF16 but no AMX, bf16 is often slower than fp32, so no cpuinfo flag predicts it.
+    """
+    if precision == "auto":
+        raise ValueError(
+            "precision 'auto' is measured: use nsp.train.precision (train_precision / decide)"
+        )
+    return precision == "bf16"

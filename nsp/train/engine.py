@@ -199,8 +199,21 @@ def train_model(
         "images_seen": run["seen"],
         "train_img_per_s": run["seen"] / seconds if seconds > 0 else 0.0,
         "bf16": ts.bf16,
+        **precision_metrics(ts.precision),
     }
     return {"model": final, "history": run["history"], "metrics": metrics}
+
+
+def precision_metrics(decision: dict[str, Any]) -> dict[str, Any]:
+    """What ``precision: auto`` chose and both measured rates (nothing for an explicit precision)."""
+    if "fp32_img_per_s" not in decision:
+        return {}
+    return {
+        "precision": decision["precision"],
+        "precision_source": decision["source"],
+        "precision_fp32_img_per_s": decision["fp32_img_per_s"],
+        "precision_bf16_img_per_s": decision["bf16_img_per_s"],
+    }
 
 
 def _resume(ts: TrainStep, run: dict[str, Any], path: Path) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from nsp.config import TrainConfig
 from nsp.errors import NSPError
-from nsp.train.device import use_bf16
+from nsp.train.precision import train_precision
 
 
 @dataclass
@@ -206,7 +206,9 @@ class TrainStep:
         self.gen, self.device, self.rank, self.world = gen, device, rank, world
         self.noise = InputNoise(cfg)
         self.unlabeled_weight = cfg.unlabeled_weight_value()
-        self.bf16 = use_bf16(cfg.precision, device)
+        self.precision = train_precision(cfg=cfg, model=model, device=device, labeled_x=labeled_x,
+                                         pseudo=pseudo, step_cls=TrainStep)  # fmt: skip
+        self.bf16 = self.precision["precision"] == "bf16"
         self.lab = EpochSampler(len(labeled_x), cfg.batch_size, gen)
         self.unl: EpochSampler | None = None
         if pseudo is not None:
