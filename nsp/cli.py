@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "robustness": "robustness",
     "report": "report",
+    "replicates": "replicates",
     "registry": "registry",
     "study": "study",
     "dashboard": "dashboard",
