@@ -277,3 +277,72 @@ def test_report_replicates_means_equal_per_replicate_metrics(replicated):
         ).returncode
         == 2
     )
+
+
+# ----------------------------------------------------------------------------------- dashboard
+
+
+def _generations(root: Path, uri: str, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("NSP_PROJECT_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    page = Path(__file__).resolve().parents[1] / "app" / "pages" / "1_Generations.py"
+    at = AppTest.from_file(str(page), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _array(v):
+    """A plotly JSON array: a list, or the typed form {dtype, bdata (base64)}."""
+    import base64
+
+    import numpy as np
+
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.asarray(v)
+
+
+def _figure(at, key: str) -> dict:
+    for chart in at.get("plotly_chart"):
+        if key in (chart.proto.id or ""):
+            return json.loads(chart.proto.spec)
+    raise AssertionError(f"no chart {key}")
+
+
+def test_generations_page_error_bars_points_and_verdicts(replicated, tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    root, env = replicated["root"], replicated["env"]
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    # a project without replicates: the page says plainly that it has no error bars
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
+    single = _generations(tmp_path, uri, monkeypatch)
+    assert any("Single run: no error bars" in i.value for i in single.info)
+    assert not [c for c in single.get("plotly_chart") if "replicate_" in (c.proto.id or "")]
+
+    run(_nsp("report", "--replicates"), root, env)
+    summary = json.loads((root / "outputs/replicates.json").read_text())
+    at = _generations(root, uri, monkeypatch)
+    assert not any("Single run" in i.value for i in at.info)
+    verdicts = next(d.value for d in at.dataframe if "comparison" in d.value.columns)
+    assert list(verdicts["comparison"]) == list(summary["comparisons"])
+    row = verdicts.set_index("comparison").loc["g2 vs baseline"]
+    for col, e in summary["comparisons"]["g2 vs baseline"].items():
+        assert row[col].startswith(e["verdict"] + " ("), (col, row[col])
+    fig = _figure(at, "replicate_test_acc")
+    assert len(fig["data"]) == 1  # means only until the points are asked for
+    bars = fig["data"][0]
+    models = list(summary["models"])
+    assert list(bars["x"]) == models
+    for i, m in enumerate(models):
+        e = summary["models"][m]["test_acc"]
+        assert _array(bars["y"])[i] == pytest.approx(e["mean"])
+        assert _array(bars["error_y"]["array"])[i] == pytest.approx(e["ci95"][1] - e["mean"])
+        assert _array(bars["error_y"]["arrayminus"])[i] == pytest.approx(e["mean"] - e["ci95"][0])
+    at.checkbox(key="replicate_points").check().run()
+    fig = _figure(at, "replicate_test_acc")
+    pts = fig["data"][1]
+    want = [(m, v) for m in models for v in summary["models"][m]["test_acc"]["values"]]
+    assert list(pts["x"]) == [m for m, _ in want]
+    assert list(_array(pts["y"])) == pytest.approx([v for _, v in want])

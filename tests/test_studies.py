@@ -496,3 +496,24 @@ def test_repeats_mean_se_and_show_marks(project, capsys):
         if t.number:
             beyond = abs(t.values[0] - t0["val_acc"]) > math.hypot(se, t0["val_acc_se"])
             assert (mark in ("better", "worse")) == beyond
+    # the Studies page shows the same s.e. and marks
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["NSP_PROJECT_ROOT"] = str(project)
+    try:
+        at = AppTest.from_file(str(REPO / "app/pages/6_Studies.py"), default_timeout=120).run()
+        rep = next(
+            o for o in at.selectbox(key="study_pick_storage").options if o.endswith("rep.db")
+        )
+        at.selectbox(key="study_pick_storage").set_value(rep).run()
+    finally:
+        del os.environ["NSP_PROJECT_ROOT"]
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("trial")
+    for t in trials:
+        assert table.loc[t.number, "val_acc se"] == pytest.approx(t.user_attrs["val_acc_se"])
+        row = next(
+            line for line in out.splitlines() if line.split()[:2] == [str(t.number), "COMPLETE"]
+        )
+        mark = "trial 0" if t.number == 0 else row.split()[4]
+        assert table.loc[t.number, "val_acc vs trial 0"] == mark
