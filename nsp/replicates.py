@@ -9,7 +9,7 @@ stages are skipped, a training stage continues from its last epoch) and a finish
 replicate runs at a time: R replicates cost R single runs (plus a ``dvc init`` each).
 
 Every replicate logs to the project's MLflow store: its pipeline run (tags ``nsp.replicate``,
-``nsp.replicate_count``, ``nsp.config_hash``) is a child of one replicate-set run (``nsp.kind =
+``nsp.config_hash``) is a child of one replicate-set run (``nsp.kind =
 replicates``); the registry is left alone (``tracking.register: false`` in replicates).
 """
 
@@ -118,7 +118,6 @@ def replicate_params(
     params: dict[str, Any],
     *,
     index: int,
-    count: int,
     chash: str,
     parent_run_id: str | None,
     tracking_uri: str,
@@ -130,9 +129,8 @@ def replicate_params(
     data_dir = (out.get("prepare") or {}).get("data_dir")
     if data_dir and not Path(data_dir).is_absolute():
         out["prepare"]["data_dir"] = str(Path(data_dir).resolve())
-    out["replicate"] = {
+    out["replicate"] = {  # no count: adding replicates later leaves finished ones finished
         "index": index,
-        "count": count,
         "config_hash": chash,
         "parent_run_id": parent_run_id,
         "seed_offset": index * SEED_STRIDE,
@@ -307,7 +305,7 @@ def run_replicates(
             label = f"[replicates] r{k} ({k + 1}/{count})"
             ws = sdir / f"r{k}"
             params_r = replicate_params(
-                params, index=k, count=count_all, chash=chash, parent_run_id=parent,
+                params, index=k, chash=chash, parent_run_id=parent,
                 tracking_uri=uri, vary_data=vary_data,
             )  # fmt: skip
             fp = prepare_workspace(

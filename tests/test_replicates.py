@@ -109,12 +109,62 @@ def test_seed_derivation_replicate0_is_the_plain_run_and_every_stage_changes():
     assert config_hash(other) == config_hash(params)  # tracking does not name a configuration
 
 
-# ---------------------------------------------------------------------- a real replicate run
+# ------------------------------------------------------------- a real replicate run (fast)
+
+
+def _teacher_only_project(root: Path) -> None:
+    """This project's dvc.yaml cut to its first two stages (prepare, teacher), unchanged otherwise."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    keep = {k: stages[k] for k in ("prepare", "teacher")}
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": keep}, sort_keys=False))
+
+
+def test_two_replicates_of_prepare_and_teacher(tmp_path, learnable_idx_dir):
+    """`nsp replicates run --r 2` through real DVC + MLflow on the first two stages (the full chain,
+    killed and resumed, is the slow test below): distinct teacher seeds, one MLflow parent with two
+    tagged pipeline runs, a rerun that skips both, and report means = mean of the replicates."""
+    from mlflow import MlflowClient
+
+    params = copy.deepcopy(SMALL)
+    params["teacher"]["epochs"] = 3
+    root = make_project(tmp_path / "proj", params)
+    _teacher_only_project(root)
+    env = {**env_for(root, learnable_idx_dir), "PYTHONPATH": str(root)}
+    out = run(_nsp("replicates", "run", "--r", "2"), root, env).stdout
+    assert "r0 (1/2) stage teacher" in out and "r1 (2/2) stage teacher" in out
+    again = run(_nsp("replicates", "run", "--r", "2"), root, env).stdout
+    assert "r0 (1/2) done earlier: skipped" in again and "r1 (2/2) done earlier: skipped" in again
+    assert "stage teacher" not in again
+    sdir = root / "replicates" / config_hash(params)
+    cfgs = [
+        json.loads((sdir / f"r{k}/outputs/models/teacher/config.json").read_text()) for k in (0, 1)
+    ]
+    assert [c["config"]["seed"] for c in cfgs] == [0, SEED_STRIDE]
+    acc = [
+        json.loads((sdir / f"r{k}/outputs/models/teacher/metrics.json").read_text())["test_acc"]
+        for k in (0, 1)
+    ]
+    c = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    record = json.loads((sdir / "set.json").read_text())
+    exp = c.get_experiment_by_name("nsp-tiny")
+    kids = c.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{record['parent_run_id']}'"
+    )
+    assert sorted(r.data.tags["nsp.replicate"] for r in kids) == ["0", "1"]
+    assert {r.data.tags["nsp.config_hash"] for r in kids} == {sdir.name}
+    for r in kids:
+        (t,) = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'")
+        k = int(r.data.tags["nsp.replicate"])
+        assert t.data.tags["nsp.stage"] == "teacher" and t.data.metrics["test_acc"] == acc[k]
+    rep = json.loads(run(_nsp("report", "--replicates", "--json"), root, env).stdout)
+    e = rep["models"]["teacher"]["test_acc"]
+    assert e["n"] == 2 and e["mean"] == pytest.approx(sum(acc) / 2) and e["values"] == acc
+    assert rep["comparisons"] == {}
+
+
+# ------------------------------------------------------- the whole chain, killed and resumed
 
 SMALL = copy.deepcopy(TINY_PARAMS)
-SMALL["teacher"]["epochs"] = 10
-SMALL["student"]["epochs"] = 4
-SMALL["baseline"]["epochs"] = 2
 SMALL["robustness"].update({"c_images": 20, "p_images": 10})
 
 
@@ -134,15 +184,17 @@ def replicated(tmp_path_factory, learnable_idx_dir) -> dict:
         _nsp("replicates", "run", "--r", "2"), cwd=root, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    first = []
+    first, killed = [], False
     assert proc.stdout is not None
     for line in proc.stdout:
         first.append(line)
         if "r1 (2/2) stage student@g1" in line:
             time.sleep(3)  # inside the student's training
             os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
             break
     proc.wait(timeout=60)
+    assert killed, "".join(first)[-3000:]
     killed_at = time.perf_counter() - t0
     second = run(_nsp("replicates", "run", "--r", "2"), root, env, timeout=1200)
     return {
@@ -155,6 +207,8 @@ def replicated(tmp_path_factory, learnable_idx_dir) -> dict:
     }
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the module fixture runs the whole chain twice
 def test_replicates_resume_after_kill(replicated):
     first, second = replicated["first"], replicated["second"]
     assert "r0 (1/2) stage teacher" in first and "r1 (2/2) stage teacher" in first
@@ -168,6 +222,8 @@ def _sets(root: Path) -> list[Path]:
     return sorted((root / "replicates").iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the module fixture runs the whole chain twice
 def test_replicates_have_distinct_seeds_and_replicate0_is_the_configuration(replicated):
     root = replicated["root"]
     (sdir,) = _sets(root)
@@ -204,6 +260,8 @@ def test_replicates_have_distinct_seeds_and_replicate0_is_the_configuration(repl
     assert 0.3 < t0 <= 1 and 0.3 < t1 <= 1  # 10 classes: chance is 0.1
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the module fixture runs the whole chain twice
 def test_replicates_grouped_in_mlflow(replicated):
     from mlflow import MlflowClient
 
@@ -236,6 +294,8 @@ def test_replicates_grouped_in_mlflow(replicated):
     assert versions == []  # replicates leave the registry alone
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the module fixture runs the whole chain twice
 def test_report_replicates_means_equal_per_replicate_metrics(replicated):
     root, env = replicated["root"], replicated["env"]
     (sdir,) = _sets(root)
@@ -311,6 +371,8 @@ def _figure(at, key: str) -> dict:
     raise AssertionError(f"no chart {key}")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the module fixture runs the whole chain twice
 def test_generations_page_error_bars_points_and_verdicts(replicated, tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
     root, env = replicated["root"], replicated["env"]

@@ -109,7 +109,6 @@ def _replicate_tags(replicate: dict[str, Any] | None) -> dict[str, str]:
     return {
         "mlflow.parentRunId": str(replicate["parent_run_id"]),
         "nsp.replicate": str(replicate["index"]),
-        "nsp.replicate_count": str(replicate["count"]),
         "nsp.config_hash": str(replicate["config_hash"]),
     }
 
