@@ -277,6 +277,7 @@ def run_replicates(
     for need in ("dvc.yaml", "nsp"):
         if not (root / need).exists():
             raise NSPError(f"{root / need} not found; run `nsp replicates` from the project root")
+    stage_seeds(params)  # resolves every stage config: a bad params.yaml fails before any work
     chash = config_hash(params, vary_data=vary_data)
     sdir = (root / base / chash).resolve()
     record: dict[str, Any] = {}
