@@ -106,11 +106,13 @@ def _replicate_tags(replicate: dict[str, Any] | None) -> dict[str, str]:
     """A replicate's pipeline run hangs under its replicate-set run (``params.yaml`` ``replicate:``)."""
     if not replicate:
         return {}
-    return {
-        "mlflow.parentRunId": str(replicate["parent_run_id"]),
+    tags = {
         "nsp.replicate": str(replicate["index"]),
         "nsp.config_hash": str(replicate["config_hash"]),
     }
+    if replicate.get("parent_run_id"):
+        tags["mlflow.parentRunId"] = str(replicate["parent_run_id"])
+    return tags
 
 
 def _parent_run(
