@@ -412,3 +412,19 @@ def test_generations_page_error_bars_points_and_verdicts(replicated, tmp_path, m
     want = [(m, v) for m in models for v in summary["models"][m]["test_acc"]["values"]]
     assert list(pts["x"]) == [m for m, _ in want]
     assert list(_array(pts["y"])) == pytest.approx([v for _, v in want])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_replicate0_is_byte_identical_to_the_plain_run(replicated):
+    """Replicate 0 is the `make run` configuration: a plain `dvc repro` of the same params.yaml in the
+    project itself writes byte-identical checkpoints (and the project's DVC ignores replicates/)."""
+    root, env = replicated["root"], replicated["env"]
+    (sdir,) = _sets(root)
+    run(["dvc", "repro"], root, env, timeout=1200)
+    for model in ("teacher", "g1", "g2", "baseline"):
+        plain = json.loads((root / f"outputs/models/{model}/metrics.json").read_text())
+        rep = json.loads((sdir / f"r0/outputs/models/{model}/metrics.json").read_text())
+        assert plain["checkpoint_sha256"] == rep["checkpoint_sha256"], model
+    r1 = json.loads((sdir / "r1/outputs/models/teacher/metrics.json").read_text())
+    assert r1["checkpoint_sha256"] != plain["checkpoint_sha256"]
