@@ -390,7 +390,20 @@ def test_generations_page_error_bars_points_and_verdicts(replicated, tmp_path, m
     run(_nsp("report", "--replicates"), root, env)
     summary = json.loads((root / "outputs/replicates.json").read_text())
     at = _generations(root, uri, monkeypatch)
-    assert not any("Single run" in i.value for i in at.info)
+    assert not any("Single run" in i.value for i in at.info) and not at.warning
+    changed = (
+        tmp_path / "changed"
+    )  # params.yaml edited since: the page says whose replicates these are
+    changed.mkdir()
+    (changed / "outputs").mkdir()
+    (changed / "outputs/replicates.json").write_text((root / "outputs/replicates.json").read_text())
+    (changed / "params.yaml").write_text(
+        yaml.safe_dump({**SMALL, "teacher": {**SMALL["teacher"], "epochs": 31}})
+    )
+    stale = _generations(changed, uri, monkeypatch)
+    assert any(
+        f"replicates are of config {summary['config_hash']}" in w.value for w in stale.warning
+    )
     verdicts = next(d.value for d in at.dataframe if "comparison" in d.value.columns)
     assert list(verdicts["comparison"]) == list(summary["comparisons"])
     row = verdicts.set_index("comparison").loc["g2 vs baseline"]

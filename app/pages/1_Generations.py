@@ -179,6 +179,17 @@ def replicates_section(root: Path) -> None:
         "Verdicts: paired t by replicate, Holm-corrected across the columns, alpha 0.05 (for a; "
         "lower is better for mCE, mFR, mT5D and calibration errors). Values in points (x 100)."
     )
+    from nsp.replicates import config_hash
+
+    try:
+        current = config_hash(D.load_params(root), vary_data=bool(summary.get("vary_data")))
+    except Exception:
+        current = None
+    if current and current != summary["config_hash"]:
+        st.warning(
+            f"These replicates are of config {summary['config_hash']}; params.yaml is now {current}. "
+            f"Rerun `{REPLICATE_CMD}` for the current configuration."
+        )
     st.dataframe(verdict_table(summary), hide_index=True, key="replicate_verdicts")
     points = st.checkbox("Show the per-replicate points", key="replicate_points")
     metrics = [m for m in D.GEN_METRICS if any(m in c for c in summary["models"].values())]
