@@ -642,8 +642,35 @@ def study_trials(url: str, name: str) -> dict[str, Any]:
         dur = t.duration.total_seconds() if t.duration is not None else None
         row["seconds"] = dur
         row["mlflow_run_id"] = t.user_attrs.get("mlflow_run_id")
+        row["repeats"] = t.user_attrs.get("repeats", 1)
+        row.update({f"{n} se": t.user_attrs.get(f"{n}_se") for n in names})
         rows.append(row)
+    add_trial0_marks(rows, names, directions)
     return {"directions": directions, "metric_names": names, "trials": rows}
+
+
+def add_trial0_marks(rows: list[dict[str, Any]], names: list[str], directions: list[str]) -> None:
+    """``<metric> vs trial 0``: better / worse beyond the combined s.e., ``~`` within, ``-`` no s.e.
+    (the rule of ``nsp study show``); only when some trial has an s.e. (``repeats`` > 1)."""
+    from nsp.study.results import versus_trial0
+
+    if not any(r.get(f"{n} se") is not None for r in rows for n in names):
+        return
+    t0 = next((r for r in rows if r["trial"] == 0 and r["state"] == "COMPLETE"), None)
+
+    def view(r: dict[str, Any]) -> dict[str, Any] | None:
+        if r is None or r["state"] != "COMPLETE":
+            return None
+        return {**{n: r.get(n) for n in names}, **{f"{n}_se": r.get(f"{n} se") for n in names}}
+
+    base = view(t0) if t0 else None
+    for r in rows:
+        v = view(r)
+        for n, d in zip(names, directions, strict=False):
+            if r is t0:
+                r[f"{n} vs trial 0"] = "trial 0"
+            else:
+                r[f"{n} vs trial 0"] = versus_trial0(v, base, n, d) if v else "-"
 
 
 @cached
@@ -664,3 +691,8 @@ def run_lookup(uri: str, run_ids: tuple[str, ...]) -> dict[str, dict[str, Any]]:
             "status": r.info.status,
         }
     return out
+
+
+def replicate_summary(root: Path) -> dict[str, Any] | None:
+    """``outputs/replicates.json`` (``nsp report --replicates``): replicate statistics, or None."""
+    return _dvc_json(root, "outputs/replicates.json")

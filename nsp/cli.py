@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "robustness": "robustness",
     "releases": "releases",
     "report": "report",
+    "replicates": "replicates",
     "registry": "registry",
     "study": "study",
     "dashboard": "dashboard",

@@ -426,3 +426,94 @@ def test_a_lock_left_by_a_killed_journal_worker_can_be_broken(tmp_path, monkeypa
     assert lock.is_symlink() and os.stat(lock).st_mtime == os.stat(journal).st_mtime
     lock_obj.release()
     assert not lock.exists()
+
+
+def test_versus_trial0_worked_example():
+    """Combined s.e. of 0.01 and 0.01 is 0.01414: +0.02 is beyond it, +0.01 within."""
+    from nsp.study.results import versus_trial0
+
+    t0 = {"val_acc": 0.78, "val_acc_se": 0.01}
+    assert (
+        versus_trial0({"val_acc": 0.80, "val_acc_se": 0.01}, t0, "val_acc", "maximize") == "better"
+    )
+    assert (
+        versus_trial0({"val_acc": 0.80, "val_acc_se": 0.01}, t0, "val_acc", "minimize") == "worse"
+    )
+    assert versus_trial0({"val_acc": 0.79, "val_acc_se": 0.01}, t0, "val_acc", "maximize") == "~"
+    assert versus_trial0({"val_acc": 0.90, "val_acc_se": None}, t0, "val_acc", "maximize") == "-"
+
+
+def test_repeats_mean_se_and_show_marks(project, capsys):
+    """repeats: 2 -> every trial trains two students (seeds s and s + 1000); objective = their mean,
+    s.e. = |a - b| / 2 in the user attrs and MLflow; `nsp study show` marks trials against trial 0."""
+    import math
+
+    from nsp.study.results import versus_trial0
+    from nsp.tracking.studies import trial_runs
+
+    with pytest.raises(NSPError, match="repeats must be an integer >= 1"):
+        parse_spec({**yaml.safe_load(write_spec("bad").read_text()), "repeats": 0})
+    spec = write_spec(
+        "rep",
+        repeats=2,
+        n_trials=3,
+        search_space={"dropout": SPACE["dropout"]},
+        budget={"epochs": 2, "max_steps": 8, "unlabeled_subset": 150},
+    )
+    counts = run_study(load_spec(spec), params(), n_trials=3, workers=1)
+    assert counts["COMPLETE"] == 3
+    study = load_study_readonly("sqlite:///studies/rep.db", "rep")
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].params["dropout"] == baseline_values()["dropout"]  # trial 0 = params.yaml
+    runs = {
+        r.info.run_id: r
+        for r in trial_runs(params(), parent_run_id=study.user_attrs["mlflow_parent_run_id"])
+    }
+    for t in trials:
+        a, b = t.user_attrs["val_acc_values"]
+        assert t.user_attrs["repeats"] == 2
+        assert t.values[0] == pytest.approx((a + b) / 2)
+        assert t.user_attrs["val_acc_se"] == pytest.approx(abs(a - b) / 2)
+        run = runs[t.user_attrs["mlflow_run_id"]]
+        assert run.data.metrics["final_val_acc_se"] == pytest.approx(t.user_attrs["val_acc_se"])
+        assert run.data.metrics["final_val_acc"] == pytest.approx(t.values[0])
+    # the two seeds train different students: the repeats differ in at least one trial
+    assert any(len(set(t.user_attrs["val_acc_values"])) == 2 for t in trials)
+    capsys.readouterr()
+    assert main(["study", "show", "rep"]) == 0
+    out = capsys.readouterr().out
+    assert "val_acc vs t0" in out and "mean+-s.e." in out
+    for t in trials:
+        row = next(
+            line for line in out.splitlines() if line.split()[:2] == [str(t.number), "COMPLETE"]
+        )
+        se = t.user_attrs["val_acc_se"]
+        assert row.split()[2] == f"{t.values[0]:.4f}+-{se:.4f}"
+        view = {"val_acc": t.values[0], "val_acc_se": se}
+        t0 = {"val_acc": trials[0].values[0], "val_acc_se": trials[0].user_attrs["val_acc_se"]}
+        mark = "trial" if t.number == 0 else versus_trial0(view, t0, "val_acc", "maximize")
+        assert row.split()[4] == mark
+        if t.number:
+            beyond = abs(t.values[0] - t0["val_acc"]) > math.hypot(se, t0["val_acc_se"])
+            assert (mark in ("better", "worse")) == beyond
+    # the Studies page shows the same s.e. and marks
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["NSP_PROJECT_ROOT"] = str(project)
+    try:
+        at = AppTest.from_file(str(REPO / "app/pages/6_Studies.py"), default_timeout=120).run()
+        rep = next(
+            o for o in at.selectbox(key="study_pick_storage").options if o.endswith("rep.db")
+        )
+        at.selectbox(key="study_pick_storage").set_value(rep).run()
+    finally:
+        del os.environ["NSP_PROJECT_ROOT"]
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("trial")
+    for t in trials:
+        assert table.loc[t.number, "val_acc se"] == pytest.approx(t.user_attrs["val_acc_se"])
+        row = next(
+            line for line in out.splitlines() if line.split()[:2] == [str(t.number), "COMPLETE"]
+        )
+        mark = "trial 0" if t.number == 0 else row.split()[4]
+        assert table.loc[t.number, "val_acc vs trial 0"] == mark

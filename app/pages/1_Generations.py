@@ -107,6 +107,98 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return df[[*TABLE_COLS, *metrics, *deltas, "run_id"]]
 
 
+REPLICATE_CMD = "nsp replicates run --r 3 && nsp report --replicates"
+
+
+def replicate_figure(summary: dict, metric: str, points: bool) -> go.Figure:
+    """Mean with its 95 % CI as error bars per model; with ``points`` every replicate's value too."""
+    models = [
+        m for m, cols in summary["models"].items() if cols.get(metric, {}).get("mean") is not None
+    ]
+    entries = [summary["models"][m][metric] for m in models]
+    means = [e["mean"] for e in entries]
+    hi = [(e["ci95"][1] - e["mean"]) if e["ci95"] else 0.0 for e in entries]
+    lo = [(e["mean"] - e["ci95"][0]) if e["ci95"] else 0.0 for e in entries]
+    fig = go.Figure(
+        go.Scatter(
+            x=models,
+            y=means,
+            mode="markers",
+            name="mean ± 95 % CI",
+            marker={"size": 11, "color": "#3182bd"},
+            error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo},
+        )
+    )
+    if points:
+        xs = [m for m, e in zip(models, entries, strict=True) for v in e["values"] if v is not None]
+        ys = [v for e in entries for v in e["values"] if v is not None]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers",
+                name="replicates",
+                marker={"size": 6, "color": "#e6550d", "opacity": 0.7},
+            )  # fmt: skip
+        )
+    fig.update_layout(
+        title=D.LABELS.get(metric, metric),
+        height=280,
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        yaxis_title=metric,
+    )
+    return fig
+
+
+def verdict_table(summary: dict) -> pd.DataFrame:
+    """One row per comparison (a vs b), one column per metric: verdict, difference, Holm p."""
+    rows = []
+    for pair, cols in summary["comparisons"].items():
+        row = {"comparison": pair}
+        for metric, e in cols.items():
+            p = "" if e["p_holm"] is None else f", p={e['p_holm']:.3g}"
+            row[metric] = f"{e['verdict']} ({100 * e['diff']:+.2f}{p})"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def replicates_section(root: Path) -> None:
+    """Mean ± CI over replicates with verdicts, or a plain statement that this is one run."""
+    st.subheader("Replicates")
+    summary = D.replicate_summary(root)
+    n = len(summary["replicates"]) if summary else 0
+    if n < 2:
+        st.info(
+            "Single run: no error bars. Every number on this page is one run (one seed per stage), "
+            "not tested against seed noise; a difference here may flip with other seeds. For mean "
+            f"± 95 % CI and won / tied / lost verdicts run `{REPLICATE_CMD}`."
+        )
+        return
+    st.caption(
+        f"Config {summary['config_hash']}: {n} replicates (every seed offset by "
+        f"{summary.get('seed_stride')} x replicate). Error bars: 95 % CI of the mean (Student t). "
+        "Verdicts: paired t by replicate, Holm-corrected across the columns, alpha 0.05 (for a; "
+        "lower is better for mCE, mFR, mT5D and calibration errors). Values in points (x 100)."
+    )
+    from nsp.replicates import config_hash
+
+    try:
+        current = config_hash(D.load_params(root), vary_data=bool(summary.get("vary_data")))
+    except Exception:
+        current = None
+    if current and current != summary["config_hash"]:
+        st.warning(
+            f"These replicates are of config {summary['config_hash']}; params.yaml is now {current}. "
+            f"Rerun `{REPLICATE_CMD}` for the current configuration."
+        )
+    st.dataframe(verdict_table(summary), hide_index=True, key="replicate_verdicts")
+    points = st.checkbox("Show the per-replicate points", key="replicate_points")
+    metrics = [m for m in D.GEN_METRICS if any(m in c for c in summary["models"].values())]
+    cols = st.columns(2)
+    for i, m in enumerate(metrics):
+        cols[i % 2].plotly_chart(replicate_figure(summary, m, points), key=f"replicate_{m}")
+
+
 def main() -> None:
     t0 = ui.page("Generations", "🧬")
     release = R.picker(key="gen_source", kinds=tuple(R.TITLES))  # an official release, if evaluated
@@ -143,6 +235,8 @@ def main() -> None:
     cols = st.columns(2)
     for i, m in enumerate(metrics):
         cols[i % 2].plotly_chart(metric_figure(df, m), key=f"metric_{m}")
+
+    replicates_section(Path(ctx["root"]))
 
     st.subheader("Compare two pipeline runs")
     others = [r for r in ctx["runs"] if r["run_id"] != ctx["run_id"]]

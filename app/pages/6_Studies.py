@@ -131,6 +131,12 @@ def main() -> None:
             "mlflow_run": st.column_config.LinkColumn("MLflow run", display_text="open run")
         },
     )
+    if any(str(c).endswith("vs trial 0") for c in trials.columns):
+        st.caption(
+            "Trials with repeats: values are the mean over the repeats, `se` its standard error; "
+            "'vs trial 0': better / worse than trial 0 (the params.yaml values) by more than the "
+            "combined s.e., '~' within it (as `nsp study show`)."
+        )
     if ids and not runs:
         st.caption(f"The trials' MLflow runs are not in the tracking store {uri}.")
     ui.footer(t0)

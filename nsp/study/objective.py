@@ -212,7 +212,38 @@ def run_trial(
     values: dict[str, Any],
     on_epoch: Any,
 ) -> dict[str, Any]:
-    """Train one student for ``values``; returns metrics (``val_acc``, ``corruption_error``, ...)."""
+    """Train ``spec.repeats`` students for ``values`` (repeat j: student and pseudo seeds + j x
+    ``SEED_STRIDE``; only repeat 0 reports epochs, so pruning sees one curve). Returns the mean of each
+    metric, ``<metric>_se`` (s.e. of the mean, None for one repeat), ``<metric>_values`` and
+    ``repeats``; with one repeat the metrics of that single run, as before."""
+    from nsp.replicates import SEED_STRIDE
+
+    runs = [
+        _train_once(
+            ctx, values=values, offset=j * SEED_STRIDE, on_epoch=on_epoch if j == 0 else None
+        )
+        for j in range(ctx.spec.repeats)
+    ]
+    if len(runs) == 1:
+        return {**runs[0], "repeats": 1}
+    out: dict[str, Any] = {"repeats": len(runs)}
+    for key in runs[0]:
+        vals = [r.get(key) for r in runs]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            arr = np.asarray(vals, dtype=float)
+            out[key] = float(arr.mean())
+            out[f"{key}_se"] = float(arr.std(ddof=1) / math.sqrt(len(arr)))
+            out[f"{key}_values"] = [float(v) for v in vals]
+        else:
+            out[key] = vals[0]
+    out["trial_seconds"] = float(sum(r["trial_seconds"] for r in runs))
+    return out
+
+
+def _train_once(
+    ctx: TrialContext, *, values: dict[str, Any], offset: int, on_epoch: Any
+) -> dict[str, Any]:
+    """One student for ``values`` with every seed of the trial moved by ``offset``."""
     from nsp.student import train_student
 
     spec = ctx.spec
@@ -220,6 +251,8 @@ def run_trial(
     gen = spec.generation
     cfg = C.student_config(params, gen)
     pcfg = C.pseudo_config(params, gen)
+    cfg.seed += offset
+    pcfg.seed += offset
     if spec.budget.epochs is not None:
         cfg.epochs = spec.budget.epochs
     t0 = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -52,22 +53,84 @@ def _table(rows: list[list[str]], header: list[str], left: tuple[str, ...] = ("s
     return "\n".join([line(header), *[line(r) for r in rows]])
 
 
-def trials_table(trials: list[FrozenTrial], metric_names: list[str]) -> str:
+def versus_trial0(
+    trial: dict[str, Any], trial0: dict[str, Any] | None, metric: str, direction: str
+) -> str:
+    """``better`` / ``worse`` when ``trial`` differs from trial 0 (the params.yaml values) in ``metric``
+    by more than their combined s.e. sqrt(se^2 + se0^2); ``~`` within it; ``-`` without an s.e.
+    (``repeats: 1``) or value. ``trial``/``trial0``: {metric: value, f"{metric}_se": s.e.}."""
+    if trial0 is None or trial is trial0:
+        return "-"
+    v, v0 = trial.get(metric), trial0.get(metric)
+    se, se0 = trial.get(f"{metric}_se"), trial0.get(f"{metric}_se")
+    if None in (v, v0, se, se0):
+        return "-"
+    if abs(v - v0) <= math.hypot(se, se0):
+        return "~"
+    return "better" if (v > v0) == (direction == "maximize") else "worse"
+
+
+def se_view(t: FrozenTrial, metric_names: list[str]) -> dict[str, Any]:
+    """{metric: value, f"{metric}_se": s.e.} of a trial (values None unless COMPLETE)."""
+    vals = list(t.values or [None] * len(metric_names)) if t.state == TrialState.COMPLETE else []
+    out: dict[str, Any] = {
+        m: (vals[i] if i < len(vals) else None) for i, m in enumerate(metric_names)
+    }
+    out.update({f"{m}_se": t.user_attrs.get(f"{m}_se") for m in metric_names})
+    return out
+
+
+def _marks(
+    t: FrozenTrial,
+    view: dict[str, Any],
+    base: dict[str, Any] | None,
+    trial0: FrozenTrial | None,
+    metric_names: list[str],
+    directions: list[str] | None,
+    shown: bool,
+) -> list[str]:
+    if not shown or trial0 is None:
+        return []
+    if t.number == trial0.number:
+        return ["trial 0"] * len(metric_names)
+    return [
+        versus_trial0(view, base, m, d) for m, d in zip(metric_names, directions or [], strict=True)
+    ]
+
+
+def trials_table(
+    trials: list[FrozenTrial],
+    metric_names: list[str],
+    *,
+    trial0: FrozenTrial | None = None,
+    directions: list[str] | None = None,
+) -> str:
     names: list[str] = []
     for t in trials:
         names += [k for k in t.params if k not in names]
-    header = ["trial", "state", *metric_names, *names, "seconds", "mlflow_run"]
+    repeated = any(t.user_attrs.get(f"{m}_se") is not None for t in trials for m in metric_names)
+    marks = [f"{m} vs t0" for m in metric_names] if repeated and trial0 is not None else []
+    header = ["trial", "state", *metric_names, *names, *marks, "seconds", "mlflow_run"]
+    base = se_view(trial0, metric_names) if trial0 is not None else None
     rows = []
     for t in trials:
         vals = list(t.values or [None] * len(metric_names))
+        view = se_view(t, metric_names)
         secs = trial_time(t)
         run = t.user_attrs.get("mlflow_run_id")
+        cells = []
+        for m, v in zip(metric_names, vals, strict=False):
+            se = view.get(f"{m}_se")
+            cells.append(
+                "-" if v is None else f"{v:.4f}" + (f"+-{se:.4f}" if se is not None else "")
+            )
         rows.append(
             [
                 str(t.number),
                 t.state.name,
-                *[f"{v:.4f}" if v is not None else "-" for v in vals],
+                *cells,
                 *[_fmt(t.params.get(n)) for n in names],
+                *_marks(t, view, base, trial0, metric_names, directions, bool(marks)),
                 "-" if secs is None else f"{secs:.0f}",
                 run[:8] if run else "-",
             ]
@@ -92,6 +155,7 @@ def show_study(name: str, *, spec_path: str | Path | None = None, top: int = 5) 
     states = ", ".join(f"{s} {c[s]}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
     out.write(f"trials: {len(trials)} ({states})\n")
     best = best_trials(study)
+    trial0 = next((t for t in trials if t.number == 0 and t.state == TrialState.COMPLETE), None)
     if not best:
         out.write("no completed trial yet\n")
         return out.getvalue()
@@ -101,10 +165,15 @@ def show_study(name: str, *, spec_path: str | Path | None = None, top: int = 5) 
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         done.sort(key=lambda t: t.values[0], reverse=dirs[0] == "maximize")
         out.write(f"top {min(top, len(done))} of {len(done)} completed:\n")
-        out.write(trials_table(done[:top], metrics) + "\n")
+        out.write(trials_table(done[:top], metrics, trial0=trial0, directions=dirs) + "\n")
     else:
         out.write(f"Pareto front ({len(best)} trial{'s' if len(best) != 1 else ''}):\n")
-        out.write(trials_table(best, metrics) + "\n")
+        out.write(trials_table(best, metrics, trial0=trial0, directions=dirs) + "\n")
+    if any(t.user_attrs.get("repeats", 1) > 1 for t in trials):
+        out.write(
+            "values: mean+-s.e. over each trial's repeats; 'vs t0': better/worse than trial 0 (the "
+            "params.yaml values) by more than the combined s.e., '~' within it\n"
+        )
     return out.getvalue()
 
 

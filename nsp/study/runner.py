@@ -142,6 +142,11 @@ def _objective(ctx: Any, study_name: str, worker_index: int) -> Any:
             for k in ("trial_seconds", "steps", "pseudo_label_acc", "stream_used", "val_acc"):
                 if metrics.get(k) is not None:
                     trial.set_user_attr(k, metrics[k])
+            trial.set_user_attr("repeats", metrics.get("repeats", 1))
+            for m in spec.metric_names:  # s.e. of the mean over repeats (None for one repeat)
+                trial.set_user_attr(f"{m}_se", metrics.get(f"{m}_se"))
+                if metrics.get(f"{m}_values") is not None:
+                    trial.set_user_attr(f"{m}_values", metrics[f"{m}_values"])
             tr.log_final(metrics)
         out = [float(metrics[m]) for m in spec.metric_names]
         return out[0] if len(out) == 1 else out

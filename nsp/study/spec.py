@@ -37,6 +37,7 @@ SPEC_KEYS = {
     "budget",
     "robustness",
     "search_space",
+    "repeats",
 }
 PARAM_KEYS = {"key", "type", "low", "high", "step", "log", "choices", "when"}
 PARAM_TYPES = ("int", "float", "categorical", "bool")
@@ -121,6 +122,8 @@ class StudySpec:
     robustness: Robustness = field(default_factory=Robustness)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
+    # each trial trains `repeats` students (seeds + j * SEED_STRIDE); objective = their mean
+    repeats: int = 1
 
     @property
     def directions(self) -> list[str]:
@@ -481,6 +484,7 @@ def parse_spec(raw: dict[str, Any], *, path: Path | None = None) -> StudySpec:
         robustness=robust,
         description=str(raw.get("description") or ""),
         raw=raw,
+        repeats=_int_field(raw, "repeats", where, minimum=1) or 1,
     )
 
 

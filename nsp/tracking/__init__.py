@@ -17,7 +17,13 @@ from nsp.tracking.registry import (
     resolve_version,
     teacher_from_registry,
 )
-from nsp.tracking.runs import PARENT_FILE, null_run, stage_run
+from nsp.tracking.runs import (
+    PARENT_FILE,
+    end_replicate_set_run,
+    null_run,
+    replicate_set_run,
+    stage_run,
+)
 from nsp.tracking.store import connect, git_commit, settings, tracking_errors
 
 __all__ = [
@@ -25,11 +31,13 @@ __all__ = [
     "PARENT_FILE",
     "connect",
     "elect_champion",
+    "end_replicate_set_run",
     "git_commit",
     "list_registry",
     "null_run",
     "pull_model",
     "register_model",
+    "replicate_set_run",
     "resolve_version",
     "settings",
     "stage_run",

@@ -105,7 +105,26 @@ class _Tracker:
             )
 
 
-def _parent_run(mlflow: Any, exp_id: str, stage: str, tags: dict[str, Any]) -> str:
+def _replicate_tags(replicate: dict[str, Any] | None) -> dict[str, str]:
+    """A replicate's pipeline run hangs under its replicate-set run (``params.yaml`` ``replicate:``)."""
+    if not replicate:
+        return {}
+    tags = {
+        "nsp.replicate": str(replicate["index"]),
+        "nsp.config_hash": str(replicate["config_hash"]),
+    }
+    if replicate.get("parent_run_id"):
+        tags["mlflow.parentRunId"] = str(replicate["parent_run_id"])
+    return tags
+
+
+def _parent_run(
+    mlflow: Any,
+    exp_id: str,
+    stage: str,
+    tags: dict[str, Any],
+    replicate: dict[str, Any] | None = None,
+) -> str:
     if stage != "teacher" and PARENT_FILE.exists():
         info = json.loads(PARENT_FILE.read_text())
         try:
@@ -115,11 +134,12 @@ def _parent_run(mlflow: Any, exp_id: str, stage: str, tags: dict[str, Any]) -> s
             pass
     run = mlflow.MlflowClient().create_run(
         exp_id,
-        run_name="pipeline",
+        run_name="pipeline" if not replicate else f"pipeline r{replicate['index']}",
         tags={
             "nsp.kind": "pipeline",
             "data_manifest_sha256": str(tags.get("data_manifest_sha256", "")),
             "git_commit": git_commit(),
+            **_replicate_tags(replicate),
         },
     )
     write_json(PARENT_FILE, {"run_id": run.info.run_id, "experiment_id": exp_id})
@@ -151,7 +171,7 @@ def stage_run(
     mlflow = connect(cfg["uri"])
     with tracking_errors(cfg["uri"], "starting the stage run"):
         exp_id = _experiment_id(mlflow, cfg["experiment"], cfg["uri"])
-        parent = _parent_run(mlflow, exp_id, stage, tags)
+        parent = _parent_run(mlflow, exp_id, stage, tags, params.get("replicate"))
         client = mlflow.MlflowClient()
         child = client.create_run(
             exp_id,
@@ -181,3 +201,47 @@ def stage_run(
             with contextlib.suppress(Exception):
                 mlflow.end_run(status="FAILED")
             raise
+
+
+def replicate_set_run(
+    params: dict[str, Any], *, config_hash: str, count: int, run_id: str | None = None
+) -> str | None:
+    """The MLflow run that groups a replicate set's pipeline runs: ``run_id`` reopened, else a new one.
+
+    Returns None when tracking is disabled.
+    """
+    cfg = settings(params)
+    if not cfg["enabled"]:
+        return None
+    mlflow = connect(cfg["uri"])
+    with tracking_errors(cfg["uri"], "opening the replicate-set run"):
+        client = mlflow.MlflowClient()
+        if run_id:
+            try:
+                client.update_run(run_id, status="RUNNING")
+                client.set_tag(run_id, "nsp.replicate_count", str(count))
+                return run_id
+            except Exception:
+                pass  # gone (another tracking store): open a new one
+        exp_id = _experiment_id(mlflow, cfg["experiment"], cfg["uri"])
+        run = client.create_run(
+            exp_id,
+            run_name=f"replicates {config_hash}",
+            tags={
+                "nsp.kind": "replicates",
+                "nsp.config_hash": config_hash,
+                "nsp.replicate_count": str(count),
+                "git_commit": git_commit(),
+            },
+        )
+        return run.info.run_id
+
+
+def end_replicate_set_run(params: dict[str, Any], *, run_id: str | None, status: str) -> None:
+    """Close the replicate-set run (``FINISHED`` / ``FAILED``); no-op without tracking."""
+    cfg = settings(params)
+    if not cfg["enabled"] or not run_id:
+        return
+    mlflow = connect(cfg["uri"])
+    with tracking_errors(cfg["uri"], "closing the replicate-set run"):
+        mlflow.MlflowClient().set_terminated(run_id, status=status)

@@ -1,0 +1,47 @@
+"""``nsp replicates run --r 3``: the whole pipeline R times with independent seeds (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Run the whole pipeline R times with independent seeds (replicates/<config hash>/r<k>)."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="replicates_command", metavar="ACTION", required=True)
+    r = sub.add_parser("run", help="run or resume replicates 0..R-1 (each a `dvc repro`)")
+    r.add_argument("--r", type=int, default=3, help="number of replicates (default 3)")
+    r.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    r.add_argument(
+        "--dir", default="replicates", help="where replicate sets live (default: replicates)"
+    )
+    r.add_argument(
+        "--vary-data",
+        action="store_true",
+        help="also offset prepare.seed (a new labeled/val/unlabeled split per replicate)",
+    )
+    s = sub.add_parser("seeds", help="print each replicate's per-stage seeds (nothing runs)")
+    s.add_argument("--r", type=int, default=3)
+    s.add_argument("--params", default="params.yaml")
+    s.add_argument("--vary-data", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from nsp.config import load_params
+    from nsp.replicates import SEED_STRIDE, offset_seeds, run_replicates, stage_seeds
+
+    params = load_params(args.params)
+    if args.replicates_command == "seeds":
+        table = {
+            f"r{k}": stage_seeds(
+                offset_seeds(params, offset=k * SEED_STRIDE, vary_data=args.vary_data)
+            )
+            for k in range(args.r)
+        }
+        print(json.dumps(table, indent=2))
+        return 0
+    run_replicates(params, count=args.r, base=Path(args.dir), vary_data=args.vary_data)
+    return 0
