@@ -119,6 +119,7 @@ TINY_PARAMS = {
         "baseline": "baseline",
         "batch_size": 512,
         "calib_bins": 10,
+        "rel_ce_min_degradation": 0.01,
         "precision": "auto",
     },
 }

@@ -353,7 +353,7 @@ def _make_project(root: Path, monkeypatch, data_dir: Path, **sizes: int) -> dict
         "robustness": {"seed": 0, "c_images": 8, "p_images": 10,
                        "a_reference": {"epochs": 1, "batch_size": 64, "warmup_epochs": 0}},
         "evaluate": {"models": ["teacher", "baseline"], "baseline": "baseline",
-                     "batch_size": 64, "calib_bins": 10},
+                     "batch_size": 64, "calib_bins": 10, "rel_ce_min_degradation": 0.01},
     }  # fmt: skip
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return {"root": root, "params": params}
