@@ -51,15 +51,28 @@ def bench_release_read(
 
     from nsp.robustness.evaluate import optimise_for_inference, predict
     from nsp.robustness.release_eval import decode_image, decoded_batches
-    from nsp.train.engine import default_device, make_classifier, use_bf16
+    from nsp.train.engine import default_device, make_classifier
 
     workers = workers or len(os.sched_getaffinity(0))
     device = default_device()
     net = make_classifier(arch=arch, num_classes=1000, in_chans=3).to(device).eval()
-    bf16 = use_bf16(precision, device)
     with tempfile.TemporaryDirectory(prefix="nsp-release-bench-") as tmp:
         paths = _write_jpegs(Path(tmp), n=images, size=size)
         pixels = np.stack([decode_image(p, size=size, channels=3) for p in paths])
+        if precision == "auto":  # measured, as the evaluation stages choose it (cached per machine)
+            from nsp.train import precision as P
+
+            def probe() -> dict[str, float]:
+                runs = {}
+                for p in P.PRECISIONS_PROBED:
+                    m = optimise_for_inference(net, pixels[:2], bf16=p == "bf16")
+                    runs[p] = lambda m=m: len(predict(m, pixels[:batch], batch_size=batch))
+                return P.measure(runs, warmup=3, steps=2)
+
+            shape = (batch, 3, size, size)
+            key = P.cache_key(kind="eval", device=device, arch=arch, batch_shape=shape)
+            precision = P.decide(key=key, probe=probe)["precision"]
+        bf16 = precision == "bf16"
         model = optimise_for_inference(net, pixels[:2], bf16=bf16)
         predict(model, pixels[:batch], batch_size=batch)  # warm-up (tracing, allocator)
 

@@ -139,9 +139,9 @@ def run_release_eval(
     from nsp.data.splits import read_manifest
     from nsp.robustness.evaluate import optimise_for_inference
     from nsp.robustness.release_eval import evaluate_release
-    from nsp.robustness.stage import _settings, model_names
+    from nsp.robustness.stage import _settings, eval_precision, model_names
     from nsp.runtime import setup_threads
-    from nsp.train.engine import default_device, use_bf16
+    from nsp.train.engine import default_device
 
     if model not in model_names(params):
         raise NSPError(f"unknown model {model!r}; use one of {', '.join(model_names(params))}")
@@ -173,7 +173,8 @@ def run_release_eval(
             device = default_device()
             eager = model_from_checkpoint(ckpt).to(device)
             example = np.zeros((2, *shape), dtype=np.uint8)
-            bf16 = use_bf16(s["precision"], device)
+            decision = eval_precision(params, s=s, device=device, net=eager, example=example)
+            bf16 = decision["precision"] == "bf16"  # auto: measured, as evaluate_raw does
             net = optimise_for_inference(eager, example, bf16=bf16)
         if release in ("imagenet_c", "cifar10_c") and clean is None:
             clean = _clean_logits(net, params, s["batch_size"])
