@@ -66,7 +66,9 @@ def test_a_colleague_pulls_a_finished_run_and_sees_dvc_status_clean(
             str(f.relative_to(root)) for f in (root / "files" / "md5").rglob("*") if f.is_file()
         }
 
-    assert len(objects(remote)) > 10 and objects(remote) == objects(a / ".dvc" / "cache")
+    # push sends what dvc.lock references; the cache may also hold superseded versions of outputs
+    # that a stage rewrote (the pull + clean `dvc status` below proves the pushed set is complete)
+    assert len(objects(remote)) > 10 and objects(remote) <= objects(a / ".dvc" / "cache")
 
     sh(["git", "clone", "-q", str(a), "b"], tmp_path)
     b = tmp_path / "b"
