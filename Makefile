@@ -1,7 +1,9 @@
 # The two README commands: `make run` (setup + dvc repro) and `make test` (setup + tests).
 # Setup is idempotent: the venv lives in ~/.cache/nsp/venv-<hash of requirements.lock>.
 SHELL := /bin/bash
-BOOT = V="$$(bash .ci/bootstrap.sh)" && export PATH="$$V/bin:$$PATH" && export MLFLOW_DISABLE_TELEMETRY=true
+# PYTHONPATH: this clone's nsp/ even when another clone re-linked the shared venv's editable install
+BOOT = V="$$(bash .ci/bootstrap.sh)" && export PATH="$$V/bin:$$PATH" && export MLFLOW_DISABLE_TELEMETRY=true \
+	&& export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"
 
 .PHONY: run test test-slow test-all bench dashboard mlflow-ui lint
 

@@ -148,3 +148,88 @@ def format_summary(s: dict[str, Any]) -> str:
 def _render(table: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in table]
+
+
+# ------------------------------------------------------------------ two configurations (A vs B)
+
+
+def _flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def param_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{key: [value in a, value in b]}`` for every params.yaml key that differs (tracking left out)."""
+    fa, fb = _flat_params(a), _flat_params(b)
+    return {
+        k: [fa.get(k), fb.get(k)]
+        for k in sorted(set(fa) | set(fb))
+        if fa.get(k) != fb.get(k) and not k.startswith("tracking.")
+    }
+
+
+def _gain_values(s: dict[str, Any], a: str, b: str, col: str) -> list[float | None]:
+    va = s["models"].get(a, {}).get(col, {}).get("values")
+    vb = s["models"].get(b, {}).get(col, {}).get("values")
+    if va is None or vb is None:
+        return []
+    return [None if x is None or y is None else x - y for x, y in zip(va, vb, strict=True)]
+
+
+def compare_summaries(sa: dict[str, Any], sb: dict[str, Any]) -> dict[str, Any]:
+    """Configuration A vs configuration B from their replicate summaries (:func:`summarize`):
+    per model and column Welch's t on the per-replicate values (``diff`` = mean A - mean B, Holm
+    across each model's columns), and the same for each within-set comparison's per-replicate
+    difference (e.g. the final student's gain over the baseline: is it larger in A than in B?)."""
+    models = {}
+    for m in [m for m in sa["models"] if m in sb["models"]]:
+        va = {c: e["values"] for c, e in sa["models"][m].items() if c in COMPARE_COLUMNS}
+        vb = {c: e["values"] for c, e in sb["models"][m].items() if c in COMPARE_COLUMNS}
+        models[m] = compare_columns(va, vb, matched=False)
+    gains = {}
+    for name in [n for n in sa["comparisons"] if n in sb["comparisons"]]:
+        a, b = name.split(" vs ")
+        ga = {c: _gain_values(sa, a, b, c) for c in COMPARE_COLUMNS}
+        gb = {c: _gain_values(sb, a, b, c) for c in COMPARE_COLUMNS}
+        gains[name] = compare_columns(
+            {c: v for c, v in ga.items() if v}, {c: v for c, v in gb.items() if v}, matched=False
+        )
+    return {
+        "a": {k: sa[k] for k in ("config_hash", "set_dir", "replicates")},
+        "b": {k: sb[k] for k in ("config_hash", "set_dir", "replicates")},
+        "models": models,
+        "gains": gains,
+    }
+
+
+def format_comparison(c: dict[str, Any], params_diff: dict[str, list[Any]] | None = None) -> str:
+    """Text tables of :func:`compare_summaries` (points; verdicts are for A)."""
+    lines = [
+        f"A = {c['a']['set_dir']} ({len(c['a']['replicates'])} replicates), "
+        f"B = {c['b']['set_dir']} ({len(c['b']['replicates'])} replicates); Welch t, "
+        "difference A - B in points, Holm p over each row's columns, verdict for A"
+    ]
+    for key, value in (params_diff or {}).items():
+        lines.append(f"  {key}: A {value[0]!r}, B {value[1]!r}")
+    for title, block in (("model", c["models"]), ("gain (a - b per replicate)", c["gains"])):
+        if not block:
+            continue
+        cols = [k for k in COMPARE_COLUMNS if any(k in v for v in block.values())]
+        table = [[title, *cols]]
+        for name, comp in block.items():
+            cells = [name]
+            for col in cols:
+                e = comp.get(col)
+                if e is None or e["diff"] is None:
+                    cells.append("-")
+                    continue
+                p = "" if e["p_holm"] is None else f" p={e['p_holm']:.3g}"
+                cells.append(f"{100 * e['diff']:+.2f}{p} {e['verdict']}")
+            table.append(cells)
+        lines += ["", *_render(table)]
+    return "\n".join(lines)

@@ -77,6 +77,35 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Unpaired comparison of ``mean(a) - mean(b)`` (two configurations, independent runs).
+
+    ``{diff, ci95, p, df, n_a, n_b, zero_variance}``: Welch's t (``scipy.stats.ttest_ind`` with
+    ``equal_var=False``), two-sided, with its CI of the difference of means.
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    out: dict[str, Any] = {
+        "diff": float(x.mean() - y.mean()) if len(x) and len(y) else None,
+        "n_a": len(x),
+        "n_b": len(y),
+    }
+    if len(x) < 2 or len(y) < 2:
+        return {**out, "ci95": None, "p": None, "df": None, "zero_variance": False}
+    if _zero_spread(x) and _zero_spread(y):
+        diff = out["diff"]
+        p = 1.0 if abs(diff) <= 1e-12 else 0.0
+        return {**out, "ci95": [diff, diff], "p": p, "df": None, "zero_variance": True}
+    res = st.ttest_ind(x, y, equal_var=False)
+    ci = res.confidence_interval(CONFIDENCE)
+    return {
+        **out,
+        "ci95": [float(ci.low), float(ci.high)],
+        "p": float(res.pvalue),
+        "df": float(res.df),
+        "zero_variance": False,
+    }
+
+
 def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
     """Holm-Bonferroni adjusted p-values of the non-None entries (step-down, monotone, <= 1)."""
     keys = sorted((k for k, p in pvalues.items() if p is not None), key=lambda k: pvalues[k])
@@ -100,13 +129,24 @@ def verdict(column: str, diff: float | None, p_holm: float | None) -> str:
 
 
 def compare_columns(
-    a: dict[str, Sequence[float | None]], b: dict[str, Sequence[float | None]]
+    a: dict[str, Sequence[float | None]],
+    b: dict[str, Sequence[float | None]],
+    *,
+    matched: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Per column: paired stats of ``a - b`` over the replicates where both have a value, Holm across
-    the columns tested, and the verdict. ``a``/``b`` map column -> values in replicate order."""
+    """Per column: stats of ``a - b``, Holm across the columns tested, and the verdict. ``a``/``b``
+    map column -> values in replicate order. ``matched``: paired t over the replicates where both
+    have a value; otherwise Welch's t over each side's values (two configurations)."""
     out: dict[str, dict[str, Any]] = {}
     for col in a:
         if col not in b:
+            continue
+        better = "lower" if col in LOWER_IS_BETTER else "higher"
+        if not matched:
+            xs = [v for v in a[col] if v is not None]
+            ys = [v for v in b[col] if v is not None]
+            if xs and ys:
+                out[col] = {**welch(xs, ys), "better": better}
             continue
         pairs = [
             (x, y) for x, y in zip(a[col], b[col], strict=True) if x is not None and y is not None
@@ -114,7 +154,7 @@ def compare_columns(
         if not pairs:
             continue
         xs, ys = zip(*pairs, strict=True)
-        out[col] = {**paired(xs, ys), "better": "lower" if col in LOWER_IS_BETTER else "higher"}
+        out[col] = {**paired(xs, ys), "better": better}
     adjusted = holm({c: r["p"] for c, r in out.items()})
     for col, r in out.items():
         r["p_holm"] = adjusted[col]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import subprocess
@@ -12,117 +13,36 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_PARAMS = {
-    "prepare": {
-        "dataset": "fashion_mnist",
-        "data_dir": None,
-        "labeled_per_class": 10,
-        "val_per_class": 10,
-        "seed": 0,
-        "image_size": 32,
-        "channels": 1,
-        "a_pool_per_class": 10,
-    },
-    "tracking": {
-        "enabled": True,
-        "uri": None,
-        "experiment": "nsp-tiny",
-        "registered_model": "nsp-tiny",
-        "champion_metric": "val_acc",
-        "register": True,
-    },
-    "teacher": {
-        "arch": "nsp_resnet_xs",
-        "epochs": 30,
-        "batch_size": 32,
-        "lr": 0.1,
-        "warmup_epochs": 1,
-        "ema_decay": 0.9,
-        "seed": 0,
-        "noise": {
-            "randaugment": True,
-            "ra_num_ops": 1,
-            "ra_magnitude": 2,
-            "crop_flip": False,
-            "flip": False,
-            "dropout": 0.1,
-            "drop_path": 0.1,
-        },
-    },
-    "student": {
-        "epochs": 10,
-        "batch_size": 32,
-        "unlabeled_ratio": 2,
-        "unlabeled_weight": 1.0,
-        "lr": 0.1,
-        "warmup_epochs": 0.2,
-        "ema_decay": 0.9,
-        "seed": 1,
-        "noise": {
-            "randaugment": True,
-            "ra_num_ops": 1,
-            "ra_magnitude": 2,
-            "crop_flip": False,
-            "flip": False,
-            "dropout": 0.1,
-            "drop_path": 0.1,
-        },
-        "pseudo": {
-            "soft": True,
-            "temperature": 1.0,
-            "threshold": 0.3,
-            "balance": True,
-            "per_class": 40,
-            "topk": 10,
-            "seed": 0,
-        },
-    },
-    "generations": {
-        "g1": {"teacher": "teacher", "arch": "nsp_resnet_xs"},
-        "g2": {"teacher": "g1", "arch": "nsp_resnet_s", "seed": 2},
-    },
-    "baseline": {
-        "arch": "nsp_resnet_s",
-        "match": "g2",
-        "epochs": 4,
-        "batch_size": 32,
-        "lr": 0.1,
-        "warmup_epochs": 1,
-        "ema_decay": 0.9,
-        "seed": 4,
-        "noise": {
-            "randaugment": True,
-            "ra_num_ops": 1,
-            "ra_magnitude": 2,
-            "crop_flip": False,
-            "flip": False,
-            "dropout": 0.1,
-            "drop_path": 0.1,
-        },
-    },
-    "robustness": {
-        "seed": 0,
-        "c_images": 50,
-        "p_images": 20,
-        "a_reference": {
-            "arch": "nsp_resnet_xs",
-            "epochs": 2,
-            "batch_size": 32,
-            "lr": 0.1,
-            "warmup_epochs": 0.5,
-            "ema_decay": 0.9,
-            "seed": 7,
-        },
-    },
-    "evaluate": {
-        "models": ["teacher", "g1", "g2", "baseline"],
-        "baseline": "baseline",
-        "batch_size": 512,
-        "calib_bins": 10,
-        "rel_ce_min_degradation": 0.01,
-        "precision": "auto",
-    },
-}
+
+def shrink(params: dict) -> dict:
+    """The default ``params.yaml`` shrunk to a ~1-minute pipeline on the learnable test images: every
+    key the default sets stays set (the same recipe: init_from_teacher, precision auto, the noise
+    keys, the pseudo-label rule); only sizes, epochs and the number of generations shrink."""
+    p = copy.deepcopy(params)
+    p["prepare"].update(labeled_per_class=10, val_per_class=10, a_pool_per_class=10)
+    p["tracking"].update(experiment="nsp-tiny", registered_model="nsp-tiny")
+    small = {"batch_size": 32, "ema_decay": 0.9}
+    p["teacher"].update(epochs=30, warmup_epochs=1, **small)
+    p["student"].update(epochs=10, warmup_epochs=0.2, **small)
+    p["student"]["pseudo"].update(per_class=40)
+    for stage in (
+        "teacher",
+        "student",
+        "baseline",
+    ):  # geometry-robust ring images: mild RandAugment
+        p[stage]["noise"].update(ra_num_ops=1, ra_magnitude=2)
+    gens = dict(list(p["generations"].items())[:2])  # g1 (same arch), g2 (grown from g1)
+    p["generations"] = gens
+    last = list(gens)[-1]
+    p["baseline"].update(arch=gens[last]["arch"], match=last, epochs=4, warmup_epochs=1, **small)
+    p["robustness"].update(c_images=50, p_images=20)
+    p["robustness"]["a_reference"].update(epochs=2, warmup_epochs=0.5, seed=7, **small)
+    p["evaluate"].update(models=["teacher", *gens, p["evaluate"]["baseline"]], batch_size=512,
+                         calib_bins=10)  # fmt: skip
+    return p
+
+
+TINY_PARAMS = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
 
 
 def make_project(root: Path, params: dict) -> Path:
@@ -157,6 +77,8 @@ def env_for(root: Path, data_dir: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["NSP_DATA_DIR"] = str(data_dir)
+    # the stages run the project's copy of nsp/ (not whatever clone the shared venv links to)
+    env["PYTHONPATH"] = str(root)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     env["DVC_NO_ANALYTICS"] = "1"

@@ -82,7 +82,8 @@ def store(tiny_pipeline) -> dict:
     stages = {}
     for r in sorted(runs, key=lambda r: r.info.start_time):
         stages[r.data.tags["nsp.stage"]] = r  # the latest run of each stage
-    return {"root": root, "uri": uri, "client": c, "exp": exp, "parent": parent, "stages": stages}
+    return {"root": root, "uri": uri, "client": c, "exp": exp, "parent": parent, "stages": stages,
+            "params": tiny_pipeline["params"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -588,7 +589,7 @@ def test_generations_in_headless_chromium(store, tmp_path):
             f"chromium: first load + {len(loads)} loads {loads}, total {time.perf_counter() - t0:.1f}s"
         )
         assert "Generation table" in dom and 'role="grid"' in dom
-        assert "nsp_resnet_xs" in dom and "teacher" in dom
+        assert store["params"]["teacher"]["arch"] in dom and "teacher" in dom
         assert f"{teacher_acc:g}"[:4] in dom
         assert "js-plotly-plot" in dom  # the lineage / metric charts rendered
         assert "Traceback" not in dom
@@ -602,9 +603,26 @@ def test_generations_in_headless_chromium(store, tmp_path):
             time.sleep(1.0)
         assert shot.is_file() and shot.stat().st_size > 40_000  # a skeleton page is ~8 kB
         print(f"screenshot: {shot}")
+        _assert_rendered_page(shot)
     finally:
         server.terminate()
         try:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _assert_rendered_page(shot: Path) -> None:
+    """The screenshot shows a rendered page, not a skeleton: dark text pixels in the main column
+    (right of the sidebar) spread over many rows (title, table, chart labels), and coloured pixels
+    (the plotly traces and the table's highlight), which a grey skeleton does not have."""
+    import numpy as np
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    main = img[:, img.shape[1] // 4 :]  # the sidebar takes the left quarter or less
+    dark = main.max(axis=2) < 110  # text is near-black on the light theme
+    rows_with_text = int((dark.sum(axis=1) >= 3).sum())
+    assert dark.sum() > 2_000 and rows_with_text > 100, (int(dark.sum()), rows_with_text)
+    colour = (main.max(axis=2) - main.min(axis=2)) > 80  # saturated: traces, links, highlights
+    assert colour.sum() > 500, int(colour.sum())

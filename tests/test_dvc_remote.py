@@ -9,8 +9,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 DVC_FILES = (".dvc/config", ".dvc/.gitignore", ".dvcignore")
 GIT_ID = ["-c", "user.email=t@t", "-c", "user.name=t"]
@@ -50,8 +48,6 @@ def test_dvc_setup_leaves_a_fresh_clone_clean(tmp_path: Path) -> None:
     assert remote[:2] == ["lab", str(tmp_path / "nsp-dvc-remote")]
 
 
-# slow: not re-verified after the release stages (release_list is always_changed) were merged; see README
-@pytest.mark.slow
 def test_a_colleague_pulls_a_finished_run_and_sees_dvc_status_clean(
     tiny_pipeline: dict, tmp_path: Path
 ) -> None:

@@ -35,8 +35,8 @@ def wnid_params(tmp: Path) -> dict:
     p["teacher"]["epochs"] = 6
     p["student"]["epochs"] = 2
     p["student"]["pseudo"]["per_class"] = 12
-    p["generations"] = {"g1": {"teacher": "teacher", "arch": "nsp_resnet_xs"}}
-    p["baseline"].update(arch="nsp_resnet_xs", match="g1", epochs=2)
+    p["generations"] = {"g1": {"teacher": "teacher", "arch": p["teacher"]["arch"]}}
+    p["baseline"].update(arch=p["teacher"]["arch"], match="g1", epochs=2)
     p["evaluate"].update(models=MODELS, precision="fp32", calib_bins=2)
     p["robustness"]["releases"] = {
         "imagenet_c": str(tmp / "ImageNet-C"),
@@ -126,10 +126,15 @@ def test_release_stages_through_dvc_repro(tmp_path):
         f.write_bytes(data)
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
 
-    # a change is noticed: one more image re-evaluates ImageNet-C only (-A and -P are kept)
+    # a release changed on disk: an evaluation refuses the stale listing (one line); listed again
+    # (`dvc repro -f release_list`), one more image re-evaluates ImageNet-C only (-A, -P kept)
     a_before = _raw(proj, "g1", "imagenet_a")
     extra = tmp_path / "ImageNet-C" / "fog" / "2" / W[0] / "extra.JPEG"
     extra.write_bytes(files[0].read_bytes())
+    bad = run(["nsp", "releases", "evaluate", "g1"], proj, env, check=False)
+    assert bad.returncode == 2 and "changed since release_list listed it" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    run(["dvc", "repro", "-f", "release_list"], proj, env)
     third = run(["dvc", "repro", *TARGETS], proj, env)
     assert "Running stage 'release_eval@g1'" in third.stdout
     assert _raw(proj, "g1", "imagenet_c")["images"] == 226
@@ -148,7 +153,7 @@ def test_imagenet_format_chain_at_224_px_with_timm(tmp_path):
     p = wnid_params(tmp_path)
     p["prepare"].update(image_size=224, labeled_per_class=6, val_per_class=2)
     p["teacher"].update(arch="mobilenetv3_small_050", epochs=2, batch_size=8)
-    p["student"].update(epochs=1, batch_size=8)
+    p["student"].update(epochs=1, batch_size=8, init_from_teacher=False)  # timm: no growing
     p["generations"] = {"g1": {"teacher": "teacher", "arch": "mobilenetv3_small_075"}}
     p["baseline"].update(arch="mobilenetv3_small_075", epochs=1, batch_size=8)
     p["robustness"]["releases"] = {

@@ -48,6 +48,53 @@ def test_paired_t_by_hand():
     assert not r["zero_variance"]
 
 
+def test_welch_by_hand():
+    """a = [1, 2, 3], b = [4, 6, 8]: diff -4, var a 1, var b 4, s.e. sqrt(1/3 + 4/3) = 1.29099,
+    t = -3.09839; Welch df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2) = 50/17 = 2.94118; CI -4 -+
+    t(0.975, 50/17) * 1.29099."""
+    from scipy import stats as st
+
+    r = stats.welch([1.0, 2.0, 3.0], [4.0, 6.0, 8.0])
+    assert r["diff"] == pytest.approx(-4.0) and r["df"] == pytest.approx(50 / 17)
+    se = math.sqrt(5 / 3)
+    assert r["p"] == pytest.approx(2 * st.t.sf(4 / se, 50 / 17))
+    half = st.t.ppf(0.975, 50 / 17) * se
+    assert r["ci95"] == pytest.approx([-4 - half, -4 + half])
+    assert (r["n_a"], r["n_b"]) == (3, 3)
+    assert stats.welch([1.0], [2.0, 3.0])["p"] is None  # one run of A: not tested
+    flat = stats.welch([0.5, 0.5], [0.4, 0.4])
+    assert flat["zero_variance"] and flat["p"] == 0.0 and flat["ci95"] == pytest.approx([0.1, 0.1])
+
+
+def test_compare_two_configurations():
+    """Two replicate summaries (A: 3 replicates, B: 2): per model Welch on the values, and the
+    final student's per-replicate gain over the baseline compared between the sets."""
+    from nsp.replicate_report import compare_summaries, format_comparison, param_differences
+
+    def summary(g2: list[float], base: list[float], h: str) -> dict:
+        col = lambda v: {"test_acc": {"values": v}}  # noqa: E731
+        return {"config_hash": h, "set_dir": f"replicates/{h}", "replicates": list(range(len(g2))),
+                "models": {"g2": col(g2), "baseline": col(base)},
+                "comparisons": {"g2 vs baseline": {"test_acc": {}}}}  # fmt: skip
+
+    a = summary([0.86, 0.87, 0.88], [0.84, 0.84, 0.85], "aaa")
+    b = summary([0.85, 0.86], [0.85, 0.86], "bbb")
+    c = compare_summaries(a, b)
+    g2 = c["models"]["g2"]["test_acc"]
+    assert g2["diff"] == pytest.approx(0.87 - 0.855) and g2["n_a"] == 3 and g2["n_b"] == 2
+    assert g2["p"] == pytest.approx(stats.welch([0.86, 0.87, 0.88], [0.85, 0.86])["p"])
+    gain = c["gains"]["g2 vs baseline"]["test_acc"]  # A: +0.02, +0.03, +0.03; B: 0, 0
+    assert gain["diff"] == pytest.approx(0.08 / 3) and gain["verdict"] in ("won", "tied")
+    assert gain["p"] == pytest.approx(stats.welch([0.02, 0.03, 0.03], [0.0, 0.0])["p"])
+    text = format_comparison(c, {"student.noise.recipe": ["official", "nsp"]})
+    assert "+1.50" in text and "student.noise.recipe: A 'official', B 'nsp'" in text
+    diff = param_differences(
+        {"student": {"noise": {"recipe": "official"}, "lr": 0.1}, "tracking": {"uri": "x"}},
+        {"student": {"noise": {"recipe": "nsp"}, "lr": 0.1}, "tracking": {"uri": "y"}},
+    )
+    assert diff == {"student.noise.recipe": ["official", "nsp"]}
+
+
 def test_holm_on_known_pvalues():
     """p = (0.01, 0.04, 0.03, 0.005), m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005 = 0.02,
     3*0.01 = 0.03, 2*0.03 = 0.06, max(1*0.04, 0.06) = 0.06 (monotone); None stays None."""

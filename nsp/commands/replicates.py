@@ -20,6 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also offset prepare.seed (a new labeled/val/unlabeled split per replicate)",
     )
+    c = sub.add_parser(
+        "compare", help="configuration A vs B: Welch t per model and column over their replicates"
+    )
+    c.add_argument("set_a", help="replicate set folder of A (replicates/<hash>)")
+    c.add_argument("set_b", help="replicate set folder of B")
+    c.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    c.add_argument("--out", help="also write the JSON to this file")
     s = sub.add_parser("seeds", help="print each replicate's per-stage seeds (nothing runs)")
     s.add_argument("--r", type=int, default=3)
     s.add_argument("--params", default="params.yaml")
@@ -33,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from nsp.config import load_params
     from nsp.replicates import SEED_STRIDE, offset_seeds, run_replicates, stage_seeds
 
+    if args.replicates_command == "compare":
+        return _compare(args)
     params = load_params(args.params)
     if args.replicates_command == "seeds":
         table = {
@@ -44,4 +53,31 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(table, indent=2))
         return 0
     run_replicates(params, count=args.r, base=Path(args.dir), vary_data=args.vary_data)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from nsp.io import write_json
+    from nsp.replicate_report import (
+        compare_summaries,
+        find_set,
+        format_comparison,
+        param_differences,
+        summarize,
+    )
+    from nsp.replicates import SET_FILE
+
+    dirs = [find_set({}, path=Path(d)) for d in (args.set_a, args.set_b)]
+    sa, sb = (summarize(d) for d in dirs)
+    comp = compare_summaries(sa, sb)
+    pa, pb = (json.loads((d / SET_FILE).read_text())["params"] for d in dirs)
+    comp["params_differ"] = param_differences(pa, pb)
+    if args.out:
+        write_json(Path(args.out), comp)
+    print(
+        json.dumps(comp, indent=2) if args.json else format_comparison(comp, comp["params_differ"])
+    )
     return 0

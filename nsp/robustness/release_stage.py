@@ -153,6 +153,11 @@ def run_release_eval(
     done: dict[str, dict[str, Any]] = {}
     net = ckpt = clean = None
     for release, lst in listing.items():
+        if release_listing(release=release, root=lst["root"])["digest"] != lst["digest"]:
+            raise NSPError(
+                f"robustness.releases.{release}: {lst['root']} changed since release_list listed "
+                "it; run `dvc repro -f release_list` (or `nsp releases list`), then repro again"
+            )
         key = {
             "listing_digest": lst["digest"],
             "checkpoint_sha256": sha256_file(ckpt_path),
