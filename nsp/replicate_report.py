@@ -153,11 +153,12 @@ def _render(table: list[list[str]]) -> list[str]:
 # ------------------------------------------------------------------ two configurations (A vs B)
 
 
-def _flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` for every leaf of a nested params dict (an empty dict is a leaf)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flat_params(v, f"{prefix}{k}."))
+            out.update(flat_params(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -165,7 +166,7 @@ def _flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def param_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
     """``{key: [value in a, value in b]}`` for every params.yaml key that differs (tracking left out)."""
-    fa, fb = _flat_params(a), _flat_params(b)
+    fa, fb = flat_params(a), flat_params(b)
     return {
         k: [fa.get(k), fb.get(k)]
         for k in sorted(set(fa) | set(fb))

@@ -34,7 +34,7 @@ def shrink(params: dict) -> dict:
     gens = dict(list(p["generations"].items())[:2])  # g1 (same arch), g2 (grown from g1)
     p["generations"] = gens
     last = list(gens)[-1]
-    p["baseline"].update(arch=gens[last]["arch"], match=last, epochs=4, warmup_epochs=1, **small)
+    p["baseline"].update(arch=gens[last]["arch"], match=last, epochs=30, warmup_epochs=1, **small)
     p["robustness"].update(c_images=50, p_images=20)
     p["robustness"]["a_reference"].update(epochs=2, warmup_epochs=0.5, seed=7, **small)
     p["evaluate"].update(models=["teacher", *gens, p["evaluate"]["baseline"]], batch_size=512,

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from nsp.replicate_report import flat_params
 from tests.pipeline_helpers import REPO, TINY_PARAMS, run
 
 # what shrinking may change; every other key of params.yaml keeps the default's value in the tiny profile
@@ -26,20 +27,13 @@ SIZE_KEYS = {
 }  # fmt: skip
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def test_the_tiny_profile_is_the_default_shrunk():
     """Tests run the default recipe: the tiny profile sets every key params.yaml sets, and all but
     the size keys (and the dropped generations) keep the default's values."""
-    default, tiny = _flat(yaml.safe_load((REPO / "params.yaml").read_text())), _flat(TINY_PARAMS)
+    default, tiny = (
+        flat_params(yaml.safe_load((REPO / "params.yaml").read_text())),
+        flat_params(TINY_PARAMS),
+    )
     gens = [k for k in default if k.startswith("generations.")]
     assert set(tiny) == set(default) - {k for k in gens if k not in tiny}
     assert {k for k in tiny if k.startswith("generations.")} == {
@@ -265,8 +259,8 @@ def test_student_ablation_retrains_beside_the_pipeline(tiny_pipeline, tmp_path):
 def test_the_official_profile_is_the_default_with_the_official_knobs():
     """profiles/official.yaml (issue 17's A/B arm) differs from params.yaml only in the official-recipe
     keys, so a replicate comparison of the two measures the recipe and nothing else."""
-    default = _flat(yaml.safe_load((REPO / "params.yaml").read_text()))
-    official = _flat(yaml.safe_load((REPO / "profiles/official.yaml").read_text()))
+    default = flat_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    official = flat_params(yaml.safe_load((REPO / "profiles/official.yaml").read_text()))
     knobs = {
         **{f"{s}.noise.{k}": v for s in ("teacher", "student", "baseline")
            for k, v in (("recipe", "official"), ("dropout", 0.5), ("drop_path", 0.2))},

@@ -210,8 +210,10 @@ def test_ddp_two_processes_match_single_process(tiny_pipeline, tmp_path):
     # over the global batch (all-reduced on CPU) -> equal up to float rounding. Dropout / stochastic
     # depth masks are drawn per rank, so they are off here; a short, gentle run keeps the rounding
     # differences from being amplified by a chaotic high-lr trajectory on tiny data.
-    params["teacher"].update(epochs=3, lr=0.02)
-    params["teacher"]["noise"].update(dropout=0.0, drop_path=0.0)
+    # fp32 (bf16 rounding is not DDP-exact) and the full-resolution xs model, which learns in 3 epochs:
+    # near chance (S's stride-2 stem, 3 gentle epochs: ~12 %) argmax ties flip on rounding alone
+    params["teacher"].update(epochs=3, lr=0.02, precision="fp32", arch="nsp_resnet_xs")
+    params["teacher"]["noise"].update(dropout=0.0, drop_path=0.0, crop_flip=False)
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     run(["nsp", "train", "teacher", "--no-progress"], proj, env)
     one = json.loads((proj / "outputs/models/teacher/metrics.json").read_text())

@@ -57,7 +57,7 @@ def test_runs_are_nested_under_one_pipeline_run(tiny_pipeline):
     assert [m.step for m in hist] == list(range(1, len(hist) + 1))
     dvc_metrics = json.loads((root / "outputs/models/g2/metrics.json").read_text())
     assert s2.data.metrics["test_acc"] == pytest.approx(dvc_metrics["test_acc"])
-    assert s2.data.params["arch"] == "nsp_resnet_s"
+    assert s2.data.params["arch"] == tiny_pipeline["params"]["generations"]["g2"]["arch"]
     arts = {a.path for a in c.list_artifacts(s2.info.run_id)}
     assert {"resolved_config.json", "confusion.json", "config.json", "history.csv"} <= arts
     pl_arts = {a.path for a in c.list_artifacts(stages["pseudo_label@g1"].info.run_id)}
@@ -116,7 +116,7 @@ def test_registry_list_and_pull(tiny_pipeline, tmp_path):
     p = run(["nsp", "registry", "pull", "nsp-tiny@gen-1", "--out", str(dest)], root, env)
     assert "mlflow.pytorch.load_model" in p.stdout or "torch.load" in p.stdout
     cfg = json.loads((dest / "config.json").read_text())
-    assert cfg["arch"] == "nsp_resnet_xs"
+    assert cfg["arch"] == tiny_pipeline["params"]["generations"]["g1"]["arch"]
     from nsp.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(dest / "model.pt"))
@@ -322,7 +322,7 @@ def test_teacher_can_come_from_the_registry(tiny_pipeline, tmp_path):
     assert got["test_acc"] == pytest.approx(g1["test_acc"], abs=1e-4)
     cfg = json.loads((proj / "outputs/models/teacher/config.json").read_text())
     assert (
-        cfg["config"]["arch"] == "nsp_resnet_xs"
+        cfg["config"]["arch"] == tiny_pipeline["params"]["generations"]["g1"]["arch"]
         and cfg["lineage"]["source"] == "models:/nsp-tiny@gen-1"
     )
     c = _client(proj)
