@@ -423,6 +423,22 @@ def _figure(at, key: str) -> dict:
 
 
 @pytest.mark.slow
+def test_compare_command_on_a_real_set(replicated, tmp_path):
+    """`nsp replicates compare A A`: the CLI over real set folders; a set against itself differs
+    by 0 in every column (Welch p 1, tied) and lists no differing params."""
+    root, env = replicated["root"], replicated["env"]
+    (sdir,) = _sets(root)
+    out = tmp_path / "cmp.json"
+    p = run(_nsp("replicates", "compare", str(sdir), str(sdir), "--out", str(out)), root, env)
+    assert "Welch t" in p.stdout and "g2" in p.stdout
+    comp = json.loads(out.read_text())
+    assert comp["params_differ"] == {} and comp["a"]["replicates"] == [0, 1]
+    acc = comp["models"]["g2"]["test_acc"]
+    assert acc["diff"] == 0.0 and acc["p"] == pytest.approx(1.0) and acc["verdict"] == "tied"
+    assert comp["gains"]["g2 vs baseline"]["test_acc"]["diff"] == pytest.approx(0.0)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(2400)  # the module fixture runs the whole chain twice
 def test_generations_page_error_bars_points_and_verdicts(replicated, tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
