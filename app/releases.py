@@ -5,6 +5,7 @@ pages. Reads ``outputs/releases/<model>.metrics.json`` and ``raw/<model>/<releas
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import plotly.express as px
 import streamlit as st
 
 from app import data as D
+from app import ui
 from nsp.robustness.release_protocols import PROTOCOL
 
 GENERATED = "generated sets"
@@ -62,6 +64,18 @@ def picker(key: str, kinds: tuple[str, ...]) -> str | None:
         key=key,
     )
     return None if pick == GENERATED else pick
+
+
+def generated_or_release(
+    *, key: str, kinds: tuple[str, ...], show: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """A page's source: draws the picked official release with ``show`` and returns None, else returns
+    the pipeline run to draw the generated sets of (``ui.pipeline_context``; None when there is none)."""
+    release = picker(key=key, kinds=kinds)
+    if release is not None:
+        show(release)
+        return None
+    return ui.pipeline_context()
 
 
 def _protocol_caption(release: str, metrics: dict[str, dict[str, Any]]) -> None:

@@ -20,13 +20,9 @@ MEAN = "(mean over corruptions)"
 
 def main() -> None:
     t0 = ui.page("Corruptions", "🌫️")
-    release = R.picker(
-        key="corr_source", kinds=("imagenet_c", "cifar10_c")
-    )  # an official release, if evaluated
-    if release is not None:
-        R.show_corruptions(release)
-        return ui.footer(t0)
-    ctx = ui.pipeline_context()
+    ctx = R.generated_or_release(
+        key="corr_source", kinds=("imagenet_c", "cifar10_c"), show=R.show_corruptions
+    )
     if ctx is None:
         return ui.footer(t0)
     errors = D.corruption_errors(ctx["uri"], ctx["experiment_id"], ctx["run_id"], ctx["root"])

@@ -24,13 +24,9 @@ TITLES = {
 
 def main() -> None:
     t0 = ui.page("Perturbations", "📹")
-    release = R.picker(
-        key="pert_source", kinds=("imagenet_p", "cifar10_p")
-    )  # an official release, if evaluated
-    if release is not None:
-        R.show_perturbations(release)
-        return ui.footer(t0)
-    ctx = ui.pipeline_context()
+    ctx = R.generated_or_release(
+        key="pert_source", kinds=("imagenet_p", "cifar10_p"), show=R.show_perturbations
+    )
     if ctx is None:
         return ui.footer(t0)
     df = D.perturbation_rates(ctx["uri"], ctx["experiment_id"], ctx["run_id"], ctx["root"])
