@@ -15,7 +15,9 @@ replicates``); the registry is left alone (``tracking.register: false`` in repli
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +25,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,20 +261,94 @@ def _run_dvc_repro(
     return {"seconds": time.perf_counter() - t0, "stages_run": ran}
 
 
+@contextlib.contextmanager
+def _set_lock(sdir: Path) -> Iterator[None]:
+    """Serialise reads-modify-writes of a set's ``set.json`` across workers (``--only``)."""
+    sdir.mkdir(parents=True, exist_ok=True)
+    with open(sdir / ".set.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _update_set(sdir: Path, update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Re-read ``set.json`` under the lock, apply ``update`` and write it back (workers share it)."""
+    with _set_lock(sdir):
+        f = sdir / SET_FILE
+        record = json.loads(f.read_text()) if f.is_file() else {}
+        update(record)
+        write_json(f, record)
+    return record
+
+
+def _indices(count: int, only: Sequence[int] | None) -> list[int]:
+    if only is None:
+        return list(range(count))
+    bad = [k for k in only if not 0 <= k < count]
+    if bad:
+        raise NSPError(f"--only {bad[0]}: replicate indices run from 0 to --r - 1 = {count - 1}")
+    return sorted(set(only))
+
+
+def _run_one(
+    params: dict[str, Any],
+    *,
+    index: int,
+    count: int,
+    sdir: Path,
+    root: Path,
+    parent: str | None,
+    uri: str,
+    env: dict[str, str],
+    vary_data: bool,
+    echo: Callable[[str], None],
+) -> dict[str, Any] | None:
+    """Replicate ``index``: skipped when done, else ``dvc repro`` then ``done.json`` and its
+    ``set.json`` entry; returns the updated set record (None when skipped)."""
+    k = index
+    label = f"[replicates] r{k} ({k + 1}/{count})"
+    ws = sdir / f"r{k}"
+    params_r = replicate_params(
+        params, index=k, chash=sdir.name, parent_run_id=parent, tracking_uri=uri,
+        vary_data=vary_data,
+    )  # fmt: skip
+    wenv = {**env, "PYTHONPATH": str(ws)}
+    fp = prepare_workspace(root=root, ws=ws, params_r=params_r, env=wenv)
+    if is_done(ws, fp):
+        echo(f"{label} done earlier: skipped")
+        return None
+    echo(f"{label} running `dvc repro` in {ws}")
+    res = _run_dvc_repro(ws=ws, env=wenv, label=label, echo=echo)
+    run_file = ws / "outputs" / "pipeline_run.json"
+    run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
+    done = {"fingerprint": fp, "pipeline_run_id": run_id, "seeds": stage_seeds(params_r), **res}
+    write_json(ws / DONE_FILE, done)
+    entry = {"seconds": res["seconds"], "pipeline_run_id": run_id}
+    record = _update_set(sdir, lambda r: r["replicates"].update({str(k): entry}))
+    echo(f"{label} finished in {res['seconds']:.0f} s ({len(res['stages_run'])} stage(s) run)")
+    return record
+
+
 def run_replicates(
     params: dict[str, Any],
     *,
     count: int = 3,
+    only: Sequence[int] | None = None,
     root: Path | None = None,
     base: Path = DEFAULT_DIR,
     vary_data: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run (or resume) replicates 0..count-1 of ``params`` one after another; returns the set record."""
+    """Run (or resume) replicates 0..count-1 of ``params`` one after another, or just the indices in
+    ``only`` (a parallel worker: each replicate is its own DVC project, so workers on different
+    indices share nothing but ``set.json``, updated under a lock); returns the set record."""
     from nsp import tracking
 
     if count < 1:
         raise NSPError(f"--r must be >= 1 (got {count})")
+    indices = _indices(count, only)
     root = (root or Path.cwd()).resolve()
     for need in ("dvc.yaml", "nsp"):
         if not (root / need).exists():
@@ -280,60 +356,40 @@ def run_replicates(
     stage_seeds(params)  # resolves every stage config: a bad params.yaml fails before any work
     chash = config_hash(params, vary_data=vary_data)
     sdir = (root / base / chash).resolve()
-    record: dict[str, Any] = {}
-    if (sdir / SET_FILE).is_file():
-        record = json.loads((sdir / SET_FILE).read_text())
-    count_all = max(count, int(record.get("count", 0)))
-    parent = tracking.replicate_set_run(
-        params, config_hash=chash, count=count_all, run_id=record.get("parent_run_id")
-    )
+
+    def open_set(record: dict[str, Any]) -> None:
+        count_all = max(count, int(record.get("count", 0)))
+        parent = tracking.replicate_set_run(
+            params, config_hash=chash, count=count_all, run_id=record.get("parent_run_id")
+        )
+        record.update(
+            config_hash=chash, count=count_all, seed_stride=SEED_STRIDE, vary_data=vary_data,
+            parent_run_id=parent, params=params, replicates=record.get("replicates", {}),
+        )  # fmt: skip
+
+    record = _update_set(sdir, open_set)
+    parent, count_all = record["parent_run_id"], record["count"]
     uri = absolute_tracking_uri(params)
-    record = {
-        "config_hash": chash,
-        "count": count_all,
-        "seed_stride": SEED_STRIDE,
-        "vary_data": vary_data,
-        "parent_run_id": parent,
-        "params": params,
-        "replicates": record.get("replicates", {}),
-    }
-    write_json(sdir / SET_FILE, record)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": uri}
-    echo(f"[replicates] config {chash}: {count} replicate(s) in {sdir} (MLflow parent {parent})")
+    which = f"{count}" if only is None else f"{len(indices)} of {count} (--only)"
+    echo(f"[replicates] config {chash}: {which} replicate(s) in {sdir} (MLflow parent {parent})")
     status = "FAILED"
     try:
-        for k in range(count):
-            label = f"[replicates] r{k} ({k + 1}/{count})"
-            ws = sdir / f"r{k}"
-            params_r = replicate_params(
-                params, index=k, chash=chash, parent_run_id=parent,
-                tracking_uri=uri, vary_data=vary_data,
-            )  # fmt: skip
-            fp = prepare_workspace(
-                root=root, ws=ws, params_r=params_r, env={**env, "PYTHONPATH": str(ws)}
-            )
-            if is_done(ws, fp):
-                echo(f"{label} done earlier: skipped")
-                continue
-            echo(f"{label} running `dvc repro` in {ws}")
-            res = _run_dvc_repro(ws=ws, env={**env, "PYTHONPATH": str(ws)}, label=label, echo=echo)
-            run_file = ws / "outputs" / "pipeline_run.json"
-            run_id = json.loads(run_file.read_text()).get("run_id") if run_file.is_file() else None
-            done = {
-                "fingerprint": fp,
-                "pipeline_run_id": run_id,
-                "seeds": stage_seeds(params_r),
-                **res,
-            }
-            write_json(ws / DONE_FILE, done)
-            record["replicates"][str(k)] = {"seconds": res["seconds"], "pipeline_run_id": run_id}
-            write_json(sdir / SET_FILE, record)
-            echo(
-                f"{label} finished in {res['seconds']:.0f} s ({len(res['stages_run'])} stage(s) run)"
-            )
+        for k in indices:
+            record = _run_one(
+                params, index=k, count=count, sdir=sdir, root=root, parent=parent, uri=uri,
+                env=env, vary_data=vary_data, echo=echo,
+            ) or record  # fmt: skip
         status = "FINISHED"
     finally:
-        if status != "FINISHED" or count >= count_all:
+        complete = all((sdir / f"r{k}" / DONE_FILE).is_file() for k in range(count_all))
+        if status != "FINISHED" or (count >= count_all and complete):
             tracking.end_replicate_set_run(params, run_id=parent, status=status)
-    echo(f"[replicates] {count} replicate(s) complete; `nsp report --replicates` compares them")
+    if only is None:
+        echo(f"[replicates] {count} replicate(s) complete; `nsp report --replicates` compares them")
+    else:
+        left = [k for k in range(count_all) if not (sdir / f"r{k}" / DONE_FILE).is_file()]
+        echo(
+            f"[replicates] --only {' '.join(map(str, indices))} complete; not done yet: {left or 'none'}"
+        )
     return record

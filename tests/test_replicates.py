@@ -209,6 +209,67 @@ def test_two_replicates_of_prepare_and_teacher(tmp_path, learnable_idx_dir):
     assert rep["comparisons"] == {}
 
 
+def test_parallel_workers_share_one_set(tmp_path, learnable_idx_dir):
+    """`--only`: two workers started together on a fresh set (r0 and r1 of --r 2) open ONE MLflow
+    parent and both land in set.json; a later `--only 2` of --r 3 adds r2 alone and, the set then
+    complete, closes the parent FINISHED; an index outside 0..R-1 is one line, exit 2."""
+    from mlflow import MlflowClient
+
+    params = copy.deepcopy(SMALL)
+    params["teacher"]["epochs"] = 2
+    root = make_project(tmp_path / "proj", params)
+    _teacher_only_project(root)
+    env = {**env_for(root, learnable_idx_dir), "PYTHONPATH": str(root)}
+    workers = [
+        subprocess.Popen(
+            _nsp("replicates", "run", "--r", "2", "--only", str(k)),
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for k in (0, 1)
+    ]
+    outs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    assert "r0 (1/2) stage teacher" in outs[0] and "r1 (" not in outs[0]
+    assert "r1 (2/2) stage teacher" in outs[1] and "r0 (1/2)" not in outs[1]
+    sdir = root / "replicates" / config_hash(params)
+    record = json.loads((sdir / "set.json").read_text())
+    assert sorted(record["replicates"]) == ["0", "1"] and record["count"] == 2
+    c = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("nsp-tiny")
+    parents = c.search_runs([exp.experiment_id], "tags.`nsp.kind` = 'replicates'")
+    assert [p.info.run_id for p in parents] == [record["parent_run_id"]]
+    assert parents[0].info.status == "FINISHED"
+
+    third = run(_nsp("replicates", "run", "--r", "3", "--only", "2"), root, env).stdout
+    assert "r2 (3/3) stage teacher" in third and "r0 (" not in third and "r1 (" not in third
+    record = json.loads((sdir / "set.json").read_text())
+    assert sorted(record["replicates"]) == ["0", "1", "2"] and record["count"] == 3
+    kids = c.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{record['parent_run_id']}'"
+    )
+    assert sorted(r.data.tags["nsp.replicate"] for r in kids) == ["0", "1", "2"]
+    assert c.get_run(record["parent_run_id"]).info.status == "FINISHED"
+    seeds = [
+        json.loads((sdir / f"r{k}/outputs/models/teacher/config.json").read_text())["config"][
+            "seed"
+        ]
+        for k in range(3)
+    ]
+    assert seeds == [0, SEED_STRIDE, 2 * SEED_STRIDE]
+
+    bad = run(_nsp("replicates", "run", "--r", "3", "--only", "3"), root, env, check=False)
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--only 3: replicate indices run from 0 to --r - 1 = 2")
+    )
+
+
 # ------------------------------------------------------- the whole chain, killed and resumed
 
 SMALL = copy.deepcopy(TINY_PARAMS)

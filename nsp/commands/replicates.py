@@ -11,6 +11,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="replicates_command", metavar="ACTION", required=True)
     r = sub.add_parser("run", help="run or resume replicates 0..R-1 (each a `dvc repro`)")
     r.add_argument("--r", type=int, default=3, help="number of replicates (default 3)")
+    r.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="run only these replicate indices (0-based, < R): parallel workers on one set",
+    )
     r.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     r.add_argument(
         "--dir", default="replicates", help="where replicate sets live (default: replicates)"
@@ -52,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(table, indent=2))
         return 0
-    run_replicates(params, count=args.r, base=Path(args.dir), vary_data=args.vary_data)
+    run_replicates(
+        params, count=args.r, only=args.only, base=Path(args.dir), vary_data=args.vary_data
+    )
     return 0
 
 
