@@ -270,3 +270,11 @@ def test_the_official_profile_is_the_default_with_the_official_knobs():
     }  # fmt: skip
     assert {k: v for k, v in official.items() if default.get(k, object()) != v} == knobs
     assert set(default) <= set(official)
+
+
+def test_the_labels50_profile_is_the_default_with_half_the_labels():
+    """profiles/labels50.yaml (a candidate default of issue 16) changes exactly one key."""
+    default = flat_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    cand = flat_params(yaml.safe_load((REPO / "profiles/labels50.yaml").read_text()))
+    assert set(cand) == set(default)
+    assert {k: v for k, v in cand.items() if default[k] != v} == {"prepare.labeled_per_class": 50}
