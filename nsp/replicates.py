@@ -6,7 +6,8 @@ offset by ``k * SEED_STRIDE`` (replicate 0 = the plain ``make run`` configuratio
 ``dvc repro``. DVC decides what is up to date, so a killed run resumes where it stopped (finished
 stages are skipped, a training stage continues from its last epoch) and a finished replicate, marked by
 ``done.json`` with the fingerprint of its params, code and ``dvc.yaml``, is not even re-checked. One
-replicate runs at a time: R replicates cost R single runs (plus a ``dvc init`` each).
+replicate runs at a time: R replicates cost R single runs (plus a ``dvc init`` each); ``--only K``
+workers run chosen indices side by side, sharing only ``set.json`` (under a file lock).
 
 Every replicate logs to the project's MLflow store: its pipeline run (tags ``nsp.replicate``,
 ``nsp.config_hash``) is a child of one replicate-set run (``nsp.kind =
