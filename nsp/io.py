@@ -74,7 +74,14 @@ def sqlite_file_lock(url: str) -> Iterator[None]:
     db = Path(url[len("sqlite:///") :]).resolve()
     locks = Path(tempfile.gettempdir()) / "nsp-locks"
     locks.mkdir(exist_ok=True)
-    with open(locks / (hashlib.sha256(str(db).encode()).hexdigest()[:16] + ".lock"), "a") as fh:
+    with file_lock(locks / (hashlib.sha256(str(db).encode()).hexdigest()[:16] + ".lock")):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing) for the duration of the block."""
+    with open(path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -16,9 +16,7 @@ replicates``); the registry is left alone (``tracking.register: false`` in repli
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +24,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ import yaml
 
 from nsp import config as C
 from nsp.errors import NSPError
-from nsp.io import sha256_file, write_bytes, write_json
+from nsp.io import file_lock, sha256_file, write_bytes, write_json
 
 SEED_STRIDE = 1000
 DEFAULT_DIR = Path("replicates")
@@ -262,21 +260,10 @@ def _run_dvc_repro(
     return {"seconds": time.perf_counter() - t0, "stages_run": ran}
 
 
-@contextlib.contextmanager
-def _set_lock(sdir: Path) -> Iterator[None]:
-    """Serialise reads-modify-writes of a set's ``set.json`` across workers (``--only``)."""
-    sdir.mkdir(parents=True, exist_ok=True)
-    with open(sdir / ".set.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _update_set(sdir: Path, update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Re-read ``set.json`` under the lock, apply ``update`` and write it back (workers share it)."""
-    with _set_lock(sdir):
+    sdir.mkdir(parents=True, exist_ok=True)
+    with file_lock(sdir / ".set.lock"):
         f = sdir / SET_FILE
         record = json.loads(f.read_text()) if f.is_file() else {}
         update(record)
@@ -305,9 +292,9 @@ def _run_one(
     env: dict[str, str],
     vary_data: bool,
     echo: Callable[[str], None],
-) -> dict[str, Any] | None:
+) -> None:
     """Replicate ``index``: skipped when done, else ``dvc repro`` then ``done.json`` and its
-    ``set.json`` entry; returns the updated set record (None when skipped)."""
+    ``set.json`` entry."""
     k = index
     label = f"[replicates] r{k} ({k + 1}/{count})"
     ws = sdir / f"r{k}"
@@ -319,7 +306,7 @@ def _run_one(
     fp = prepare_workspace(root=root, ws=ws, params_r=params_r, env=wenv)
     if is_done(ws, fp):
         echo(f"{label} done earlier: skipped")
-        return None
+        return
     echo(f"{label} running `dvc repro` in {ws}")
     res = _run_dvc_repro(ws=ws, env=wenv, label=label, echo=echo)
     run_file = ws / "outputs" / "pipeline_run.json"
@@ -327,9 +314,8 @@ def _run_one(
     done = {"fingerprint": fp, "pipeline_run_id": run_id, "seeds": stage_seeds(params_r), **res}
     write_json(ws / DONE_FILE, done)
     entry = {"seconds": res["seconds"], "pipeline_run_id": run_id}
-    record = _update_set(sdir, lambda r: r["replicates"].update({str(k): entry}))
+    _update_set(sdir, lambda r: r["replicates"].update({str(k): entry}))
     echo(f"{label} finished in {res['seconds']:.0f} s ({len(res['stages_run'])} stage(s) run)")
-    return record
 
 
 def run_replicates(
@@ -377,20 +363,18 @@ def run_replicates(
     status = "FAILED"
     try:
         for k in indices:
-            record = _run_one(
+            _run_one(
                 params, index=k, count=count, sdir=sdir, root=root, parent=parent, uri=uri,
                 env=env, vary_data=vary_data, echo=echo,
-            ) or record  # fmt: skip
+            )  # fmt: skip
         status = "FINISHED"
     finally:
-        complete = all((sdir / f"r{k}" / DONE_FILE).is_file() for k in range(count_all))
-        if status != "FINISHED" or (count >= count_all and complete):
+        left = [k for k in range(count_all) if not (sdir / f"r{k}" / DONE_FILE).is_file()]
+        if status != "FINISHED" or (count >= count_all and not left):
             tracking.end_replicate_set_run(params, run_id=parent, status=status)
     if only is None:
         echo(f"[replicates] {count} replicate(s) complete; `nsp report --replicates` compares them")
     else:
-        left = [k for k in range(count_all) if not (sdir / f"r{k}" / DONE_FILE).is_file()]
-        echo(
-            f"[replicates] --only {' '.join(map(str, indices))} complete; not done yet: {left or 'none'}"
-        )
-    return record
+        done = " ".join(map(str, indices))
+        echo(f"[replicates] --only {done} complete; not done yet: {left or 'none'}")
+    return json.loads((sdir / SET_FILE).read_text())
