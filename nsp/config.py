@@ -189,6 +189,24 @@ def generation_keys(params: dict[str, Any]) -> list[str]:
     return list((params.get("generations") or {}).keys())
 
 
+def model_names(params: dict[str, Any]) -> list[str]:
+    """Every model a pipeline trains: teacher, the generations in order, baseline."""
+    return ["teacher", *generation_keys(params), "baseline"]
+
+
+def generation_of(params: dict[str, Any], model: str) -> int:
+    """Generation index from the model name: teacher 0, g_k its position + 1, baseline -1."""
+    if model == "teacher":
+        return 0
+    gens = generation_keys(params)
+    return gens.index(model) + 1 if model in gens else -1
+
+
+def baseline_name(params: dict[str, Any]) -> str:
+    """``evaluate.baseline``: the model robustness metrics are normalised by (default ``baseline``)."""
+    return str((params.get("evaluate") or {}).get("baseline", "baseline"))
+
+
 def generation_section(params: dict[str, Any], gen: str) -> dict[str, Any]:
     gens = params.get("generations") or {}
     if gen not in gens:

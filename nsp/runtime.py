@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from nsp.errors import NSPError
 from nsp.io import sha256_file
@@ -42,6 +41,8 @@ def setup_threads() -> tuple[int, int]:
     Under torchrun (``WORLD_SIZE`` > 1) also joins the process group (gloo on CPU, nccl on GPU) and
     returns (rank, world_size); only rank 0 logs to MLflow and writes outputs.
     """
+    import torch  # here, not at module level: torch-free stages (no release configured) start fast
+
     n = os.environ.get("NSP_NUM_THREADS")
     torch.set_num_threads(int(n) if n else max(1, len(os.sched_getaffinity(0))))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -59,6 +60,8 @@ def load_data(params: dict[str, Any], *, unlabeled: bool = False) -> dict[str, A
 
     ``unlabeled=True`` adds the unlabeled split (lazy, ``get_batch``) and its hidden truth.
     """
+    import torch
+
     from nsp.data.splits import load_split, load_unlabeled_truth, read_manifest
     from nsp.train.engine import to_nchw
 

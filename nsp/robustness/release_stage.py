@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from nsp.config import baseline_name, generation_of, model_names
 from nsp.errors import NSPError
 from nsp.io import sha256_file, write_json
-from nsp.robustness.release_eval import RAW_FORMAT, release_listing
 from nsp.robustness.release_protocols import PROTOCOL, RELEASES, release_summary
 from nsp.runtime import OUT, model_dir, prepared_dir
 
@@ -92,10 +92,14 @@ def _alexnet_p(params: dict[str, Any]) -> dict[str, Any] | None:
 
 def run_release_list(params: dict[str, Any], *, out: Path = OUT) -> dict[str, Any]:
     """``release_list``: check and list every configured release (names, sizes, mtimes only)."""
-    listing = {
-        name: release_listing(release=name, root=folder)
-        for name, folder in configured_releases(params).items()
-    }
+    configured = configured_releases(params)
+    listing = {}
+    if configured:  # torch only when there is something to list (release_eval imports it)
+        from nsp.robustness.release_eval import release_listing
+
+        listing = {
+            name: release_listing(release=name, root=folder) for name, folder in configured.items()
+        }
     doc = {"releases": listing, "alexnet_p": _alexnet_p(params)}
     write_json(listing_path(out), doc)
     return doc
@@ -134,20 +138,26 @@ def _clean_logits(
 def run_release_eval(
     params: dict[str, Any], model: str, *, out: Path = OUT
 ) -> dict[str, dict[str, Any]]:
-    """``release_eval@<model>``: the model over every listed release -> one raw file per release."""
-    from nsp.checkpoint import load_checkpoint, model_from_checkpoint
-    from nsp.data.splits import read_manifest
-    from nsp.robustness.evaluate import optimise_for_inference
-    from nsp.robustness.release_eval import evaluate_release
-    from nsp.robustness.stage import _settings, eval_precision, model_names
-    from nsp.runtime import setup_threads
-    from nsp.train.engine import default_device
+    """``release_eval@<model>``: the model over every listed release -> one raw file per release.
 
+    With no release configured it writes the empty index without importing torch (the default
+    profile runs this stage for every model: a second, not the ~10 s of a torch + timm start)."""
     if model not in model_names(params):
         raise NSPError(f"unknown model {model!r}; use one of {', '.join(model_names(params))}")
     listing = _read_listing(out)["releases"]
     rdir = out / "releases" / "raw" / model
     rdir.mkdir(parents=True, exist_ok=True)
+    if not listing:
+        write_json(rdir / "index.json", {"model": model, "releases": []})
+        return {}
+    from nsp.checkpoint import load_checkpoint, model_from_checkpoint
+    from nsp.data.splits import read_manifest
+    from nsp.robustness.evaluate import optimise_for_inference
+    from nsp.robustness.release_eval import RAW_FORMAT, evaluate_release, release_listing
+    from nsp.robustness.stage import _settings, eval_precision
+    from nsp.runtime import setup_threads
+    from nsp.train.engine import default_device
+
     s = _settings(params)
     ckpt_path = model_dir(model, out) / "model.pt"
     done: dict[str, dict[str, Any]] = {}
@@ -204,6 +214,8 @@ def run_release_eval(
 
 
 def _read_raw(model: str, release: str, out: Path, digest: str) -> dict[str, Any]:
+    from nsp.robustness.release_eval import RAW_FORMAT
+
     p = raw_release_path(model, release, out)
     if not p.is_file():
         raise NSPError(f"{p} not found; run `nsp releases evaluate {model}` first")
@@ -225,11 +237,8 @@ def _flat(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def run_release_metrics(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict[str, Any]:
     """``release_metrics@<model>``: protocol summaries (AlexNet- and baseline-normalised) ->
     ``outputs/releases/<model>.metrics.json``; logged to MLflow when a release is configured."""
-    from nsp import tracking
-    from nsp.robustness.stage import _settings, generation_of
-
     doc = _read_listing(out)
-    base_name = _settings(params)["baseline"]
+    base_name = baseline_name(params)
     summaries: dict[str, dict[str, Any]] = {}
     for release, lst in doc["releases"].items():
         raw = _read_raw(model, release, out, lst["digest"])
@@ -249,9 +258,11 @@ def run_release_metrics(params: dict[str, Any], model: str, *, out: Path = OUT) 
         "releases": summaries,
         **_flat(summaries),
     }
-    if not summaries:
+    if not summaries:  # no release configured: nothing to log, no MLflow import
         write_json(metrics_path(model, out), metrics)
         return metrics
+    from nsp import tracking
+
     gen = generation_of(params, model)
     numeric = {
         k: float(v)

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from nsp.config import PRECISIONS, NoiseConfig, TrainConfig
+from nsp.config import (
+    PRECISIONS,
+    NoiseConfig,
+    TrainConfig,
+    baseline_name,
+    generation_of,
+    model_names,
+)
 from nsp.errors import NSPError
 from nsp.io import atomic_path, sha256_file, write_json
 from nsp.robustness.build import SUMMARY, SetsConfig, build_sets, load_summary, reference_config
@@ -37,8 +44,6 @@ from nsp.train.engine import default_device
 
 __all__ = [
     "SETS_SUBDIR",
-    "generation_of",
-    "model_names",
     "raw_path",
     "run_evaluate",
     "run_evaluate_raw",
@@ -170,13 +175,6 @@ def run_robustness(
 # ------------------------------------------------------------------------ evaluate_raw / evaluate
 
 
-def model_names(params: dict[str, Any]) -> list[str]:
-    """Every model a pipeline trains: teacher, the generations in order, baseline."""
-    from nsp import config as C
-
-    return ["teacher", *C.generation_keys(params), "baseline"]
-
-
 def _check_model(params: dict[str, Any], model: str) -> None:
     names = model_names(params)
     if model not in names:
@@ -191,7 +189,7 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
             "images); write evaluate.calib_bins: 15 (bins of N // 15 images, every image counted)"
         )
     s = {
-        "baseline": sec.get("baseline", "baseline"),
+        "baseline": baseline_name(params),
         "batch_size": sec.get("batch_size", 1024),
         "calib_bins": sec.get("calib_bins", 15),
         "precision": sec.get("precision", "fp32"),
@@ -217,16 +215,6 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
 def raw_path(model: str, out: Path = OUT) -> Path:
     """Where ``evaluate_raw@<model>`` writes the model's raw numbers."""
     return out / "robustness" / "raw" / f"{model}.json"
-
-
-def generation_of(params: dict[str, Any], model: str) -> int:
-    """Generation index from the model name: teacher 0, g_k its position + 1, baseline -1."""
-    from nsp import config as C
-
-    if model == "teacher":
-        return 0
-    gens = C.generation_keys(params)
-    return gens.index(model) + 1 if model in gens else -1
 
 
 def run_evaluate_raw(
