@@ -156,7 +156,7 @@ def test_robustness_sets_are_built_from_the_held_out_pool(tiny_pipeline):
 
 def test_evaluate_stages_write_normalised_metrics_and_report(tiny_pipeline):
     from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS
-    from nsp.robustness.evaluate import robustness_metrics
+    from nsp.robustness.normalise import robustness_metrics
     from nsp.robustness.perturbations import TEST_PERTURBATIONS
 
     root, env = tiny_pipeline["root"], tiny_pipeline["env"]

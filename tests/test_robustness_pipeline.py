@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,8 @@ from nsp.robustness.build import (
     subset_indices,
 )
 from nsp.robustness.corruptions import BENCHMARK_CORRUPTIONS, CORRUPTIONS, corrupt
-from nsp.robustness.evaluate import errors_table_rows, evaluate_raw, robustness_metrics
+from nsp.robustness.evaluate import evaluate_raw
+from nsp.robustness.normalise import errors_table_rows, robustness_metrics
 from nsp.robustness.perturbations import (
     NOISE_PERTURBATIONS,
     PERTURBATIONS,
@@ -31,6 +35,8 @@ from nsp.robustness.perturbations import (
     perturb_sequence,
 )
 from nsp.robustness.stage import sets_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 K = 10
 
@@ -471,6 +477,21 @@ def test_evaluate_cli_writes_normalised_metrics(learnable_project, capsys):
     # --metrics alone re-normalises from the raw files
     rc, out2, _ = _cli(capsys, "evaluate", "teacher", "--metrics")
     assert rc == 0 and out2 == out.splitlines()[-1]
+    # ... and, as the evaluate@ stage runs it (a fresh process), without importing torch or timm
+    metrics_bytes = Path("outputs/robustness/teacher.metrics.json").read_bytes()
+    child = (
+        "import sys\nfrom nsp.cli import main\nrc = main(['evaluate', 'teacher', '--metrics'])\n"
+        "print(rc, sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [out2, "0 []"]
+    assert Path("outputs/robustness/teacher.metrics.json").read_bytes() == metrics_bytes
     # report rows gain the robustness columns
     rc, out, _ = _cli(capsys, "report", "--json")
     rows = {r["model"]: r for r in json.loads(out)}

@@ -47,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nsp.config import load_params
-    from nsp.robustness.stage import run_evaluate, run_evaluate_raw
+    from nsp.robustness.normalise import run_evaluate
 
     params = load_params(args.params)
     out = Path(args.outputs)
     if not args.metrics:
+        from nsp.robustness.stage import run_evaluate_raw  # torch: only for the raw step
+
         raw = run_evaluate_raw(params, args.model, out=out, progress=not args.no_progress)
         print(
             f"{args.model}: clean_acc={raw['clean_acc']:.4f} a_acc={_fmt(raw['a']['acc'])} "

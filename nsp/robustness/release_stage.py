@@ -153,12 +153,13 @@ def run_release_eval(
     from nsp.checkpoint import load_checkpoint, model_from_checkpoint
     from nsp.data.splits import read_manifest
     from nsp.robustness.evaluate import optimise_for_inference
+    from nsp.robustness.normalise import eval_settings
     from nsp.robustness.release_eval import RAW_FORMAT, evaluate_release, release_listing
-    from nsp.robustness.stage import _settings, eval_precision
+    from nsp.robustness.stage import eval_precision
     from nsp.runtime import setup_threads
     from nsp.train.engine import default_device
 
-    s = _settings(params)
+    s = eval_settings(params)
     ckpt_path = model_dir(model, out) / "model.pt"
     done: dict[str, dict[str, Any]] = {}
     net = ckpt = clean = None

@@ -1,18 +1,14 @@
-"""The tracked DVC-stage runners of the robustness benchmark: ``robustness``,
-``evaluate_raw@<model>`` and ``evaluate@<model>``.
+"""The tracked DVC-stage runners of the robustness benchmark: ``robustness`` and
+``evaluate_raw@<model>`` (``evaluate@<model>``, torch-free, is :mod:`nsp.robustness.normalise`).
 
 They resolve params.yaml (:func:`sets_config`, the ``evaluate:`` section), own the outputs layout
-(``outputs/robustness/sets``, ``outputs/robustness/raw/<model>.json``, ``<model>.metrics.json`` and
-``<model>.errors.csv``), load the prepared data and checkpoints, log to MLflow through
+(``outputs/robustness/sets``, ``outputs/robustness/raw/<model>.json``), load the prepared data and checkpoints, log to MLflow through
 :mod:`nsp.tracking` and write the stage outputs. The computations themselves are the library
-functions of :mod:`nsp.robustness.build` (the sets) and :mod:`nsp.robustness.evaluate` (predictions
-and metrics).
+functions of :mod:`nsp.robustness.build` (the sets) and :mod:`nsp.robustness.evaluate` (predictions).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,32 +16,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from nsp.config import (
-    PRECISIONS,
-    NoiseConfig,
-    TrainConfig,
-    baseline_name,
-    generation_of,
-    model_names,
-)
+from nsp.config import NoiseConfig, TrainConfig
 from nsp.errors import NSPError
-from nsp.io import atomic_path, sha256_file, write_json
+from nsp.io import sha256_file, write_json
 from nsp.robustness.build import SUMMARY, SetsConfig, build_sets, load_summary, reference_config
-from nsp.robustness.evaluate import (
-    RAW_FORMAT,
-    REL_CE_MIN_DEGRADATION,
-    errors_table_rows,
-    evaluate_raw,
-    optimise_for_inference,
-    robustness_metrics,
-)
+from nsp.robustness.evaluate import evaluate_raw, optimise_for_inference
+from nsp.robustness.normalise import check_model, eval_settings, raw_path
 from nsp.runtime import OUT, model_dir, prepared_dir, setup_threads
 from nsp.train.engine import default_device
 
 __all__ = [
     "SETS_SUBDIR",
-    "raw_path",
-    "run_evaluate",
     "run_evaluate_raw",
     "run_robustness",
     "sets_config",
@@ -175,48 +156,6 @@ def run_robustness(
 # ------------------------------------------------------------------------ evaluate_raw / evaluate
 
 
-def _check_model(params: dict[str, Any], model: str) -> None:
-    names = model_names(params)
-    if model not in names:
-        raise NSPError(f"unknown model {model!r}; use one of {', '.join(names)} (params.yaml)")
-
-
-def _settings(params: dict[str, Any]) -> dict[str, Any]:
-    sec = dict(params.get("evaluate") or {})
-    if "calib_beta" in sec:
-        raise NSPError(
-            "params.yaml: evaluate.calib_beta is gone (a fixed bin size skipped the most confident "
-            "images); write evaluate.calib_bins: 15 (bins of N // 15 images, every image counted)"
-        )
-    s = {
-        "baseline": baseline_name(params),
-        "batch_size": sec.get("batch_size", 1024),
-        "calib_bins": sec.get("calib_bins", 15),
-        "precision": sec.get("precision", "fp32"),
-        "rel_ce_min_degradation": sec.get("rel_ce_min_degradation", REL_CE_MIN_DEGRADATION),
-    }
-    eps = s["rel_ce_min_degradation"]
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < 1:
-        raise NSPError(
-            "params.yaml: evaluate.rel_ce_min_degradation must be a number in [0, 1) "
-            f"(an error-rate difference, e.g. 0.01; got {eps!r})"
-        )
-    if s["precision"] not in PRECISIONS:
-        raise NSPError(
-            f"params.yaml: evaluate.precision must be fp32, bf16 or auto (got {s['precision']!r})"
-        )
-    for key in ("batch_size", "calib_bins"):
-        v = s[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise NSPError(f"params.yaml: evaluate.{key} must be an integer >= 1 (got {v!r})")
-    return s
-
-
-def raw_path(model: str, out: Path = OUT) -> Path:
-    """Where ``evaluate_raw@<model>`` writes the model's raw numbers."""
-    return out / "robustness" / "raw" / f"{model}.json"
-
-
 def run_evaluate_raw(
     params: dict[str, Any], model: str, *, out: Path = OUT, progress: bool = True
 ) -> dict[str, Any]:
@@ -224,8 +163,8 @@ def run_evaluate_raw(
     from nsp.checkpoint import load_checkpoint, model_from_checkpoint
     from nsp.data.splits import load_split
 
-    _check_model(params, model)
-    s = _settings(params)
+    check_model(params, model)
+    s = eval_settings(params)
     sdir = sets_dir(out)
     load_summary(sdir)  # a clear error before loading anything else
     setup_threads()
@@ -303,85 +242,3 @@ def eval_precision(
         return P.measure(runs, warmup=3, steps=2)  # TorchScript optimises after its first calls
 
     return P.decide(key=key, probe=probe)
-
-
-def _read_raw(model: str, out: Path) -> dict[str, Any]:
-    p = raw_path(model, out)
-    if not p.is_file():
-        raise NSPError(
-            f"{p} not found; run `nsp evaluate {model} --raw` (dvc repro evaluate_raw@{model}) first"
-        )
-    raw = json.loads(p.read_text())
-    if raw.get("format") != RAW_FORMAT:
-        raise NSPError(f"{p} is not a raw robustness result ({RAW_FORMAT}); re-run its stage")
-    return raw
-
-
-def _flat_numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            for k2, v2 in v.items():
-                if isinstance(v2, (int, float)) and not isinstance(v2, bool):
-                    flat[f"{k}.{k2}"] = float(v2)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            flat[k] = float(v)
-    return flat
-
-
-def run_evaluate(params: dict[str, Any], model: str, *, out: Path = OUT) -> dict[str, Any]:
-    """``evaluate@<model>``: normalise by the baseline -> ``<model>.metrics.json`` + ``.errors.csv``,
-    logged in a nested MLflow run ``evaluate@<model>``."""
-    from nsp import tracking
-
-    _check_model(params, model)
-    s = _settings(params)
-    base_name = s["baseline"]
-    _check_model(params, base_name)
-    raw = _read_raw(model, out)
-    base = raw if base_name == model else _read_raw(base_name, out)
-    if raw.get("sets_sha256") != base.get("sets_sha256"):
-        raise NSPError(
-            f"raw results of {model} and {base_name} come from different robustness sets; "
-            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name}"
-        )
-    if raw.get("precision", "fp32") != base.get("precision", "fp32"):
-        raise NSPError(
-            f"raw results of {model} ({raw.get('precision', 'fp32')}) and {base_name} "
-            f"({base.get('precision', 'fp32')}) were computed at different precisions; "
-            f"re-run evaluate_raw@{model} and evaluate_raw@{base_name} with the same evaluate.precision"
-        )
-    metrics = {
-        "model": model,
-        "normalised_by": base_name,
-        **robustness_metrics(raw, base, rel_ce_min_degradation=s["rel_ce_min_degradation"]),
-        "checkpoint_sha256": raw["checkpoint_sha256"],
-        "eval_seconds": raw["seconds"],
-        "eval_precision": raw.get("precision", "fp32"),
-    }
-    if "precision_probe" in raw:  # auto: what it chose from, recorded with the numbers
-        metrics["eval_precision_probe"] = raw["precision_probe"]
-    d = out / "robustness"
-    csv_path = d / f"{model}.errors.csv"
-    rows = errors_table_rows(raw, metrics)
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    gen = generation_of(params, model)
-    tags = {
-        "dvc_stage": f"evaluate@{model}",
-        "model": model,
-        "generation": gen,
-        "checkpoint_sha256": raw["checkpoint_sha256"],
-        "robustness_sets_sha256": raw["sets_sha256"],
-        "normalised_by": base_name,
-        "eval_precision": metrics["eval_precision"],
-    }
-    with tracking.stage_run(
-        params=params, stage=f"evaluate@{model}", generation=gen, config=s, tags=tags
-    ) as tr:
-        write_json(d / f"{model}.metrics.json", metrics)
-        tr.log_final(_flat_numeric(metrics), artifacts=[csv_path, d / f"{model}.metrics.json"])
-    return metrics
